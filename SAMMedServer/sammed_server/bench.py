@@ -1,0 +1,86 @@
+"""`sammed-server bench`: encoder and decoder speed, cache behaviour and peak memory, as a printed table."""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .engine.cache import EmbeddingCache
+from .engine.predictor import SlicePredictor
+from .engine.prompts import SlicePrompts
+from .engine.registry import load_backend
+from .engine.volume import load_volume
+
+Row = tuple[str, str]
+
+
+def percentiles_ms(seconds: list[float]) -> str:
+    p50, p95 = np.percentile(np.asarray(seconds) * 1000, [50, 95])
+    return f"{p50:.1f} / {p95:.1f}"
+
+
+def run_bench(
+    volume_path: Path, model_id: str = "litemedsam", checkpoint: Optional[Path] = None, device: Optional[str] = None,
+    slices: int = 5, decodes: int = 100,
+) -> list[Row]:
+    """Measure on ``volume_path`` (axial slices around the middle), with a throw-away disk cache."""
+    started = time.perf_counter()
+    backend = load_backend(model_id, checkpoint, device)
+    load_s = time.perf_counter() - started
+    volume = load_volume(volume_path)
+    count = volume.num_slices(2)
+    first = max(0, count // 2 - slices // 2)
+    indices = list(range(first, min(count, first + max(slices, 2))))
+    rows: list[Row] = [("model", f"{model_id} on {backend.device}"), ("model load", f"{load_s:.2f} s")]
+    with tempfile.TemporaryDirectory() as root:
+        predictor = SlicePredictor(backend, EmbeddingCache(Path(root), 2**30))
+        prepared = predictor.prepare(volume)
+        predictor.embedding(prepared, 2, indices[0])  # warm-up (allocator, kernels)
+        encode_s = []
+        for index in indices[1:]:
+            started = time.perf_counter()
+            predictor.embedding(prepared, 2, index)
+            _synchronize(backend.device)
+            encode_s.append(time.perf_counter() - started)
+        rows.append(("encoder ms/slice (mean, incl. cache write)", f"{1000 * float(np.mean(encode_s)):.0f} ({len(encode_s)} slices)"))
+
+        rows_, cols_ = volume.slice_shape(2)
+        box = (cols_ * 0.3, rows_ * 0.3, cols_ * 0.6, rows_ * 0.6)
+        decode_s = []
+        for i in range(decodes):
+            started = time.perf_counter()
+            predictor.predict(prepared, 2, indices[i % len(indices)], SlicePrompts(box=box))
+            decode_s.append(time.perf_counter() - started)
+        rows.append((f"decode p50 / p95 ms ({decodes} box prompts, cached)", percentiles_ms(decode_s)))
+
+        stats = predictor.cache.stats
+        rows.append(("cache hits memory / disk / misses", f"{stats.memory_hits} / {stats.disk_hits} / {stats.misses}"))
+        fresh = SlicePredictor(backend, EmbeddingCache(Path(root), 2**30))  # what a second process sees
+        calls_before, started = backend.encoder_calls, time.perf_counter()
+        for index in indices:
+            fresh.embedding(prepared, 2, index)
+        disk_ms = 1000 * (time.perf_counter() - started) / len(indices)
+        rows.append(("disk cache load ms/slice (fresh cache on same folder)", f"{disk_ms:.1f}"))
+        rows.append(("encoder calls for the fresh cache", str(backend.encoder_calls - calls_before)))
+    rows.append(("peak RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"))
+    if backend.device.type == "cuda":
+        rows.append(("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"))
+    return rows
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}\n" + "-" * (width + 24))
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()

@@ -1,0 +1,252 @@
+"""`sammed-server`: serve | embed | segment | demo | bench | weights."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from . import __version__
+from .errors import InputError, SAMMedError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="sammed-server: %(levelname)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except SAMMedError as exc:
+        print(f"sammed-server: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"sammed-server: hint: {exc.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sammed-server: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sammed-server", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sammed-server {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP worker the Slicer module talks to")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --token)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token", default=None, help="API token every request must carry")
+    _model_options(serve, checkpoint=False)
+    serve.set_defaults(run=_serve)
+
+    embed = commands.add_parser("embed", help="precompute and cache the embeddings of a volume")
+    embed.add_argument("volume", type=Path, help="NIfTI/NRRD/MHA file or DICOM folder")
+    embed.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="IJK axis to slice along (2 = K)")
+    _model_options(embed)
+    embed.set_defaults(run=_embed)
+
+    segment = commands.add_parser("segment", help="segment one slice from a box and/or points")
+    segment.add_argument("volume", type=Path)
+    segment.add_argument("--slice", type=int, required=True, help="slice index along --axis")
+    segment.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
+    segment.add_argument("--box", type=_floats(4), help="x0,y0,x1,y1 in slice pixels (x = column, y = row)")
+    segment.add_argument("--point", type=_point, action="append", default=[], help="x,y,+ or x,y,- (repeatable)")
+    segment.add_argument("--name", default="Segment_1", help="segment name in the output")
+    segment.add_argument("--color", type=_floats(3), default=None, help="r,g,b in [0, 1]")
+    segment.add_argument("-o", "--output", type=Path, required=True, help="out.seg.nrrd or out.nii.gz")
+    _model_options(segment)
+    segment.set_defaults(run=_segment)
+
+    demo = commands.add_parser("demo", help="embed a CT, segment organs from boxes, write .seg.nrrd + PNG, print Dice")
+    demo.add_argument("volume", type=Path, nargs="?", help="default: the sample CT (data directory or download)")
+    demo.add_argument("--reference", type=Path, help="labelmap to simulate boxes from and score against")
+    demo.add_argument("-o", "--output-dir", type=Path, default=Path("out/demo"))
+    _model_options(demo)
+    demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser("bench", help="print encoder/decoder speed, cache and memory numbers")
+    bench.add_argument("volume", type=Path, nargs="?", help="default: the sample CT")
+    bench.add_argument("--slices", type=int, default=5)
+    bench.add_argument("--decodes", type=int, default=100)
+    bench.add_argument("--http", action="store_true", help="also measure predict round trips over loopback HTTP")
+    _model_options(bench)
+    bench.set_defaults(run=_bench)
+
+    weights = commands.add_parser("weights", help="list, download or verify model checkpoints")
+    weights_commands = weights.add_subparsers(required=True, metavar="ACTION")
+    listing = weights_commands.add_parser("list", help="models, their files and whether they are present")
+    listing.set_defaults(run=_weights_list)
+    fetch = weights_commands.add_parser("download", help="download a checkpoint (resumes, verifies sha256)")
+    fetch.add_argument("model")
+    fetch.add_argument("--url", default=None, help="override the download address (mirror)")
+    fetch.set_defaults(run=_weights_download)
+    verify = weights_commands.add_parser("verify", help="check that a checkpoint loads into its model")
+    verify.add_argument("model")
+    verify.add_argument("--checkpoint", type=Path, default=None)
+    verify.set_defaults(run=_weights_verify)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    parser.add_argument("--model", default="litemedsam", help="model id (see `sammed-server weights list`)")
+    if checkpoint:
+        parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default: weights folder)")
+        parser.add_argument("--window", default=None, help="abdomen|lung|bone|brain|mr|LEVEL,WIDTH (default: auto)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+
+
+def _floats(count: int):
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers, got {text!r}") from None
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers, got {text!r}")
+        return values
+
+    return parse
+
+
+def _point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or parts[2] not in ("+", "-"):
+        raise argparse.ArgumentTypeError(f"a point is x,y,+ or x,y,- ; got {text!r}")
+    x, y = _floats(2)(",".join(parts[:2]))
+    return x, y, 1 if parts[2] == "+" else 0
+
+
+def _predictor(args: argparse.Namespace):
+    from .engine.cache import EmbeddingCache
+    from .engine.predictor import SlicePredictor
+    from .engine.registry import load_backend
+    from .settings import embedding_cache_dir, memory_cache_bytes
+
+    backend = load_backend(args.model, getattr(args, "checkpoint", None), args.device)
+    return SlicePredictor(backend, EmbeddingCache(embedding_cache_dir(), memory_cache_bytes()))
+
+
+def _progress_bar(description: str, unit: str):
+    bar = tqdm(desc=description, unit=unit, dynamic_ncols=True)
+
+    def update(done: int, total: Optional[int]) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .api.server import serve
+
+    serve(host=args.host, port=args.port, token=args.token, model=args.model, device=args.device)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from .engine.volume import load_volume
+
+    predictor = _predictor(args)
+    prepared = predictor.prepare(load_volume(args.volume), args.window)
+    bar, update = _progress_bar(f"embedding {args.volume.name}", "slice")
+    with bar:
+        encoded = predictor.precompute(prepared, args.axis, progress=update)
+    count = prepared.volume.num_slices(args.axis)
+    print(f"{encoded} slice(s) encoded, {count - encoded} already cached; "
+          f"cache: {predictor.cache.location(predictor.store_key(prepared, args.axis))}")
+
+
+def _segment(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .engine.prompts import SlicePrompts
+    from .engine.segmentation_file import Segment, default_color, write_segmentation
+    from .engine.volume import load_volume, slice_index
+
+    if args.box is None and not args.point:
+        raise InputError("give a --box and/or at least one --point")
+    predictor = _predictor(args)
+    volume = load_volume(args.volume)
+    prepared = predictor.prepare(volume, args.window)
+    prompts = SlicePrompts(
+        points=[(x, y) for x, y, _ in args.point], labels=[label for _, _, label in args.point], box=args.box
+    )
+    prediction = predictor.predict(prepared, args.axis, args.slice, prompts)
+    mask = np.zeros(volume.array.shape, dtype=bool)
+    mask[slice_index(args.axis, args.slice)] = prediction.masks[prediction.best]
+    color = tuple(args.color) if args.color else default_color(0)
+    path = write_segmentation(volume, [Segment(args.name, mask, color)], args.output)
+    print(f"{args.name}: {int(mask.sum())} voxels on slice {args.slice} (predicted IoU "
+          f"{float(prediction.scores[prediction.best]):.3f}) -> {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+    from .sample_data import find_sample
+
+    sample = find_sample(args.volume, args.reference)
+    print(f"volume: {sample.volume} ({sample.origin})")
+    predictor = _predictor(args)
+    bar, update = _progress_bar("embedding", "slice")
+    with bar:
+        results, seg_path, png_path = run_demo(predictor, sample.volume, sample.reference, args.output_dir, progress=update)
+    print(f"\n{'organ':<16}{'slices':>7}{'volume Dice':>13}{'largest-slice Dice':>20}")
+    for r in results:
+        print(f"{r.name:<16}{r.slices:>7}{r.volume_dice:>13.3f}{r.largest_slice_dice:>20.3f}")
+    print(f"\nsegmentation: {seg_path}\noverlay:      {png_path}")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .bench import print_table, run_bench
+    from .sample_data import find_sample
+
+    volume = find_sample(args.volume).volume
+    rows = run_bench(volume, args.model, args.checkpoint, args.device, args.slices, args.decodes)
+    print_table(rows, f"sammed-server bench: {volume.name}")
+    if args.http:
+        from .api.bench_http import http_roundtrip_bench
+
+        print_table(http_roundtrip_bench(volume, n=args.decodes), "HTTP round trip (loopback)")
+
+
+def _weights_list(args: argparse.Namespace) -> None:
+    from .engine.registry import REGISTRY, default_checkpoint_path
+
+    for spec in REGISTRY.values():
+        path = default_checkpoint_path(spec)
+        state = "present" if path.is_file() else "missing"
+        print(f"{spec.model_id:<11} {state:<8} {path}  ({spec.description})")
+
+
+def _weights_download(args: argparse.Namespace) -> None:
+    from .engine.checkpoints import download
+    from .engine.registry import default_checkpoint_path, get_spec
+
+    spec = get_spec(args.model)
+    url = args.url or spec.url
+    if url is None:
+        raise InputError(f"{spec.model_id} has no download address", f"place {spec.checkpoint_name} in the weights folder or pass --url")
+    destination = default_checkpoint_path(spec)
+    bar = tqdm(desc=spec.checkpoint_name, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True)
+    with bar:
+        def update(done: int, total: Optional[int]) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        download(url, destination, spec.sha256, update)
+    print(f"{spec.model_id}: {destination} (sha256 verified)" if spec.sha256 else f"{spec.model_id}: {destination}")
+
+
+def _weights_verify(args: argparse.Namespace) -> None:
+    from .engine.registry import load_backend
+
+    backend = load_backend(args.model, args.checkpoint, "cpu")
+    print(f"{args.model}: checkpoint OK (sha256 {backend.weights_sha256})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

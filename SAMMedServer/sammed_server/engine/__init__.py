@@ -1,0 +1,1 @@
+"""Model registry, volumes, preprocessing, embedding cache and the slice predictor."""

@@ -1,0 +1,111 @@
+"""One interface for every SAM-family model: ``encode(images) -> embeddings``, ``decode(embedding, prompts)``."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+
+
+@dataclass
+class Decoded:
+    """Decoder output in model space: ``low_res_logits (M, r, r)`` and predicted IoU ``(M,)``."""
+
+    low_res_logits: torch.Tensor
+    iou: torch.Tensor
+
+
+class SamBackend:
+    """A frozen image encoder with SAM's prompt encoder and mask decoder.
+
+    ``encode`` turns normalised ``(N, 3, S, S)`` inputs into ``(N, 256, E, E)`` fp16 embeddings on the
+    CPU (where the cache keeps them); ``decode`` runs prompts on one embedding. Thread-safe for
+    inference; ``encoder_calls`` counts encoded slices (the cache tests assert on it).
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        weights_sha256: str,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        input_size: int,
+        normalization: str,
+        device: torch.device,
+        box_only: bool = False,
+    ) -> None:
+        self.model_id = model_id
+        self.box_only = box_only
+        self.weights_sha256 = weights_sha256
+        self.input_size = input_size
+        self.normalization = normalization
+        self.device = device
+        self.image_encoder = image_encoder.to(device).eval()
+        self.prompt_encoder = prompt_encoder.to(device).eval()
+        self.mask_decoder = mask_decoder.to(device).eval()
+        for module in (self.image_encoder, self.prompt_encoder, self.mask_decoder):
+            module.requires_grad_(False)
+        self.embedding_size = int(self.prompt_encoder.image_embedding_size[0])
+        self.mask_input_size = 4 * self.embedding_size
+        self.encoder_calls = 0
+        self._counter_lock = threading.Lock()
+
+    def normalize(self, resized01: torch.Tensor) -> torch.Tensor:
+        """``(1, h, w)`` image in [0, 1] (before padding) → the ``(3, h, w)`` input this model expects."""
+        image = resized01.expand(3, -1, -1)
+        if self.normalization == "minmax":  # LiteMedSAM / MedSAM: per-image min-max to [0, 1]
+            low, high = image.min(), image.max()
+            return (image - low) / torch.clamp(high - low, min=1e-8)
+        if self.normalization == "imagenet":  # SAM: 0-255 with ImageNet mean/std
+            return (image * 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        raise ValueError(f"unknown normalization {self.normalization!r}")
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, S, S)`` → ``(N, 256, E, E)`` float16 embeddings on the CPU."""
+        with self._autocast():
+            embeddings = self.image_encoder(images.to(self.device, torch.float32))
+        with self._counter_lock:
+            self.encoder_calls += images.shape[0]
+        return embeddings.to("cpu", torch.float16)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        points: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        box: Optional[torch.Tensor] = None,
+        mask_input: Optional[torch.Tensor] = None,
+        multimask: bool = False,
+    ) -> Decoded:
+        """Decode one slice. Coordinates are model-input pixels: ``points (n, 2)``, ``labels (n,)``
+        (1 foreground, 0 background), ``box (4,)``; ``mask_input (1, 4E, 4E)`` logits from a previous decode.
+        """
+        device = self.device
+        sparse, dense = self.prompt_encoder(
+            points=None if points is None else (points[None].to(device, torch.float32), labels[None].to(device, torch.int)),
+            boxes=None if box is None else box.view(1, 4).to(device, torch.float32),
+            masks=None if mask_input is None else mask_input[None].to(device, torch.float32),
+        )
+        logits, iou = self.mask_decoder(
+            image_embeddings=embedding[None].to(device, torch.float32),
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        return Decoded(logits[0].float().cpu(), iou[0].float().cpu())
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()

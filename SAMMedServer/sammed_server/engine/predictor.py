@@ -1,0 +1,172 @@
+"""The slice predictor: cached embeddings in, masks at slice resolution out."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import CancelledError, InputError
+from .backend import SamBackend
+from .cache import EmbeddingCache, StoreKey
+from .preprocessing import InputTransform, Preprocessing, resolve_window
+from .prompts import SlicePrompts
+from .scheduler import DeviceQueue
+from .volume import Volume, check_axis
+
+ProgressFn = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class PreparedVolume:
+    """A volume with the preprocessing its embeddings are computed with."""
+
+    volume: Volume
+    preprocessing: Preprocessing
+
+    def transform(self, axis: int) -> InputTransform:
+        rows, cols = self.volume.slice_shape(axis)
+        return InputTransform.for_slice(
+            rows, cols, self.volume.slice_spacing(axis), self.preprocessing.input_size, self.preprocessing.isotropic
+        )
+
+
+@dataclass
+class Prediction:
+    """Masks ``(M, rows, cols)`` at slice resolution, predicted IoU ``(M,)``, model-space logits ``(M, r, r)``."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.scores))
+
+
+class SlicePredictor:
+    """Embeds slices on demand (through the cache and the device queue) and decodes prompts."""
+
+    def __init__(self, backend: SamBackend, cache: EmbeddingCache, queue: Optional[DeviceQueue] = None) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.queue = queue or DeviceQueue()
+
+    def prepare(self, volume: Volume, window: Optional[str] = None, isotropic: bool = True) -> PreparedVolume:
+        """Attach this model's preprocessing (``window`` as in :func:`resolve_window`) to ``volume``."""
+        preprocessing = Preprocessing(
+            resolve_window(volume, window), self.backend.input_size, self.backend.normalization, isotropic
+        )
+        return PreparedVolume(volume, preprocessing)
+
+    def store_key(self, prepared: PreparedVolume, axis: int) -> StoreKey:
+        return StoreKey(
+            prepared.volume.content_hash,
+            check_axis(axis),
+            self.backend.model_id,
+            self.backend.weights_sha256,
+            prepared.preprocessing.fingerprint(),
+        )
+
+    def model_input(self, prepared: PreparedVolume, axis: int, index: int) -> torch.Tensor:
+        """The normalised, resized and padded ``(3, S, S)`` encoder input of one slice."""
+        transform = prepared.transform(axis)
+        image01 = prepared.preprocessing.window.apply(prepared.volume.slice(axis, index))
+        return transform.pad(self.backend.normalize(transform.resize(image01)))
+
+    def is_cached(self, prepared: PreparedVolume, axis: int, index: int) -> bool:
+        return self.cache.contains(self.store_key(prepared, axis), index, prepared.volume.num_slices(axis), self._shape)
+
+    def embedding(self, prepared: PreparedVolume, axis: int, index: int) -> torch.Tensor:
+        """The slice's ``(256, E, E)`` embedding: from the cache, else encoded now at interactive priority."""
+        key = self.store_key(prepared, axis)
+        count = prepared.volume.num_slices(axis)
+        prepared.volume.slice(axis, index)  # validates the index
+        cached = self.cache.get(key, index, count, self._shape)
+        if cached is not None:
+            return cached
+        with self.queue.interactive():
+            cached = self.cache.get(key, index, count, self._shape, count_miss=False)  # stored meanwhile?
+            if cached is not None:
+                return cached
+            embedding = self.backend.encode(self.model_input(prepared, axis, index)[None])[0]
+        self.cache.put(key, index, count, embedding)
+        return embedding
+
+    def precompute(
+        self,
+        prepared: PreparedVolume,
+        axis: int,
+        order: Optional[Iterable[int]] = None,
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[threading.Event] = None,
+        next_index: Optional[Callable[[], Optional[int]]] = None,
+        batch_size: Optional[int] = None,
+    ) -> int:
+        """Embed every uncached slice at batch priority; returns how many were encoded.
+
+        ``next_index`` (if given) is asked before each step for a slice that should jump the queue
+        (the one the user is viewing). ``cancel`` stops between steps with :class:`CancelledError`.
+        """
+        key = self.store_key(prepared, axis)
+        count = prepared.volume.num_slices(axis)
+        pending = list(order if order is not None else range(count))
+        batch_size = batch_size or (8 if self.backend.device.type == "cuda" else 1)
+        total, encoded = len(pending), 0
+        while pending:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("embedding precompute was cancelled")
+            urgent = next_index() if next_index else None
+            if urgent is not None and urgent in pending:
+                pending.remove(urgent)
+                pending.insert(0, urgent)
+            batch, pending = pending[:batch_size], pending[batch_size:]
+            todo = [i for i in batch if not self.cache.contains(key, i, count, self._shape)]
+            if todo:
+                inputs = torch.stack([self.model_input(prepared, axis, i) for i in todo])
+                with self.queue.batch():
+                    embeddings = self.backend.encode(inputs)
+                for i, embedding in zip(todo, embeddings):
+                    self.cache.put(key, i, count, embedding)
+                encoded += len(todo)
+            if progress:
+                progress(total - len(pending), total)
+        return encoded
+
+    def predict(self, prepared: PreparedVolume, axis: int, index: int, prompts: SlicePrompts) -> Prediction:
+        """Decode ``prompts`` on slice ``index`` along ``axis``; masks come back at slice resolution."""
+        transform = prepared.transform(axis)
+        prompts = prompts.validated(transform.rows, transform.cols)
+        if self.backend.box_only and prompts.box is None:
+            raise InputError(
+                f"{self.backend.model_id} was trained with box prompts only; points alone give no mask",
+                "draw a box first (points then refine it), or use a SAM model or a learned point prompt encoder",
+            )
+        embedding = self.embedding(prepared, axis, index)
+        points = labels = box = mask_input = None
+        if prompts.points:
+            points = torch.from_numpy(transform.points_to_model(np.asarray(prompts.points))).float()
+            labels = torch.as_tensor(prompts.labels, dtype=torch.int)
+        if prompts.box is not None:
+            box = torch.from_numpy(transform.box_to_model(np.asarray(prompts.box))).float()
+        if prompts.mask_input is not None:
+            size = self.backend.mask_input_size
+            mask_input = torch.as_tensor(np.asarray(prompts.mask_input, dtype=np.float32))
+            if mask_input.numel() != size * size:
+                raise InputError(f"mask input must be {size}×{size} low-resolution logits, got shape {tuple(mask_input.shape)}")
+            mask_input = mask_input.reshape(1, size, size)
+        decoded = self.backend.decode(embedding, points, labels, box, mask_input, prompts.multimask)
+        slice_logits = transform.logits_to_slice(decoded.low_res_logits)
+        return Prediction(
+            masks=(slice_logits > 0).numpy(),
+            scores=decoded.iou.numpy(),
+            low_res_logits=decoded.low_res_logits.numpy(),
+        )
+
+    @property
+    def _shape(self) -> tuple[int, int, int]:
+        size = self.backend.embedding_size
+        return (256, size, size)

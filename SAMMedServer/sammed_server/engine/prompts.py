@@ -1,0 +1,52 @@
+"""Prompts on one slice, validated against the slice, in slice pixel coordinates ``(x, y)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class SlicePrompts:
+    """Points (``labels`` 1 = foreground, 0 = background), a box ``(x0, y0, x1, y1)`` of corner pixels,
+    and optionally a previous prediction's low-resolution logits as mask input."""
+
+    points: Sequence[tuple[float, float]] = ()
+    labels: Sequence[int] = ()
+    box: Optional[tuple[float, float, float, float]] = None
+    mask_input: Optional[np.ndarray] = field(default=None, repr=False)
+    multimask: bool = False
+
+    def validated(self, rows: int, cols: int) -> "SlicePrompts":
+        """Check the prompts against a ``rows × cols`` slice; a box reaching past the edge is clipped."""
+        points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2) if len(self.points) else np.zeros((0, 2))
+        if len(self.labels) != len(points):
+            raise InputError(f"{len(points)} point(s) but {len(self.labels)} label(s)")
+        if any(label not in (0, 1) for label in self.labels):
+            raise InputError("point labels must be 1 (foreground) or 0 (background)")
+        if not np.all(np.isfinite(points)):
+            raise InputError("point coordinates must be finite numbers")
+        outside = (points[:, 0] < -0.5) | (points[:, 0] > cols - 0.5) | (points[:, 1] < -0.5) | (points[:, 1] > rows - 0.5)
+        if outside.any():
+            x, y = points[np.argmax(outside)]
+            raise InputError(f"point ({x:g}, {y:g}) is outside the {cols}×{rows} slice")
+        box = None if self.box is None else _clip_box(self.box, rows, cols)
+        if box is None and not len(points):
+            raise InputError("give at least one point or a box")
+        return SlicePrompts([tuple(p) for p in points], list(self.labels), box, self.mask_input, self.multimask)
+
+
+def _clip_box(box: Sequence[float], rows: int, cols: int) -> tuple[float, float, float, float]:
+    values = np.asarray(box, dtype=np.float64)
+    if values.shape != (4,) or not np.all(np.isfinite(values)):
+        raise InputError(f"a box needs four finite numbers x0,y0,x1,y1, got {list(box)}")
+    x0, y0, x1, y1 = values
+    if x1 < x0 or y1 < y0:
+        raise InputError(f"box ({x0:g},{y0:g},{x1:g},{y1:g}) has x1 < x0 or y1 < y0")
+    if x1 < 0 or y1 < 0 or x0 > cols - 1 or y0 > rows - 1:
+        raise InputError(f"box ({x0:g},{y0:g},{x1:g},{y1:g}) lies outside the {cols}×{rows} slice")
+    return (max(x0, 0.0), max(y0, 0.0), min(x1, cols - 1.0), min(y1, rows - 1.0))

@@ -1,0 +1,1 @@
+"""Metrics, prompt simulation and reports."""

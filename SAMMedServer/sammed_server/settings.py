@@ -1,0 +1,26 @@
+"""Where the worker keeps its files; every location can be overridden by an environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home_dir() -> Path:
+    """Root for weights and caches: ``$SAMMED_HOME``, else ``$XDG_CACHE_HOME/sammed`` or ``~/.cache/sammed``."""
+    if os.environ.get("SAMMED_HOME"):
+        return Path(os.environ["SAMMED_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "sammed"
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("SAMMED_WEIGHTS_DIR", home_dir() / "weights")).expanduser()
+
+
+def embedding_cache_dir() -> Path:
+    return Path(os.environ.get("SAMMED_CACHE_DIR", home_dir() / "embeddings")).expanduser()
+
+
+def memory_cache_bytes() -> int:
+    """In-memory embedding budget (default 2 GiB, ``$SAMMED_MEMORY_CACHE_MB``)."""
+    return int(float(os.environ.get("SAMMED_MEMORY_CACHE_MB", 2048)) * 2**20)
