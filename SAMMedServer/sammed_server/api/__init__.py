@@ -1,0 +1,1 @@
+"""The worker's versioned HTTP API: FastAPI app, schemas, codecs, jobs and the ``serve`` entry point."""

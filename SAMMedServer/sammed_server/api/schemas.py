@@ -1,0 +1,146 @@
+"""Request and response bodies of the ``/v1`` API (pydantic models; the OpenAPI schema is built from them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, conint
+
+Axis = Literal[0, 1, 2]
+Vector3 = tuple[float, float, float]
+Extent = conint(ge=1, le=65536)  # one dimension of an uploaded volume
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable identifier, e.g. invalid_input, unknown_volume")
+    message: str
+    hint: str = ""
+    field: Optional[str] = Field(None, description="the request field at fault, for validation errors")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer has this body."""
+
+    error: ErrorBody
+
+
+class EncodedArray(Strict):
+    """An array on the wire: ``bool`` = np.packbits (big-endian bits, C order) + zlib + base64;
+    ``float16``/``float32`` = little-endian raw bytes + zlib + base64."""
+
+    shape: list[NonNegativeInt] = Field(max_length=4)
+    dtype: Literal["bool", "float16", "float32"]
+    data: str
+
+
+class Health(BaseModel):
+    service: str
+    version: str
+    protocol: int
+    device: str
+    default_model: str
+    models_loaded: list[str]
+    auth: bool = Field(description="whether requests must carry a token")
+    max_request_bytes: int
+    max_upload_bytes: int = Field(description="largest (compressed) volume upload body")
+
+
+class ModelInfo(BaseModel):
+    id: str
+    description: str
+    input_size: int
+    box_only: bool = Field(description="trained with boxes only: a point-only prompt is refused")
+    default: bool
+    loaded: bool
+    checkpoint_present: bool
+
+
+class VolumeUpload(Strict):
+    """Geometry of an uploaded voxel array, sent as JSON in the ``X-SAMMed-Volume`` header."""
+
+    shape: tuple[Extent, Extent, Extent] = Field(description="(K, J, I): slices, rows, columns of the C-order array")
+    dtype: str = Field(description="numpy dtype name, little-endian: uint8, int16, float32, ...")
+    spacing: Vector3 = Field(description="(I, J, K) in mm")
+    origin: Vector3 = (0.0, 0.0, 0.0)
+    direction: tuple[float, float, float, float, float, float, float, float, float] = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    compression: Literal["zlib", "none"] = "zlib"
+
+
+class VolumeFromPath(Strict):
+    path: str = Field(min_length=1, description="a NIfTI/NRRD/MHA file or DICOM folder on the server's file system")
+
+
+class VolumeInfo(BaseModel):
+    id: str = Field(description="content hash of voxels + spacing")
+    shape_ijk: tuple[int, int, int]
+    dtype: str
+    spacing: Vector3
+    origin: Vector3
+    direction: tuple[float, ...]
+    source: str = Field(description="'upload' or the path it was read from")
+    created: bool = Field(description="False when the server already held this volume (nothing was recomputed)")
+
+
+class PredictRequest(Strict):
+    """Prompts on one slice, in slice pixel coordinates (x = column, y = row; see engine.volume)."""
+
+    axis: Axis = 2
+    index: int = Field(ge=0, description="slice index along axis")
+    points: list[tuple[float, float]] = Field(default_factory=list, max_length=256)
+    labels: list[Literal[0, 1]] = Field(default_factory=list, max_length=256, description="1 foreground, 0 background")
+    box: Optional[tuple[float, float, float, float]] = Field(None, description="x0, y0, x1, y1")
+    mask_input: Optional[EncodedArray] = Field(None, description="low-resolution logits (e.g. 256×256) of an earlier decode")
+    use_previous_mask: bool = Field(
+        False, description="use as mask input the low-res logits of this session's last predict on the same slice"
+    )
+    session: str = Field("default", max_length=128, description="names the stored low-res logits (one per viewer)")
+    multimask: bool = False
+    model: Optional[str] = Field(None, description="model id; default: the server's")
+    window: Optional[str] = Field(None, description="intensity window: auto, abdomen, lung, bone, brain, mr or 'L,W'")
+
+
+class PredictResponse(BaseModel):
+    volume_id: str
+    axis: int
+    index: int
+    model: str
+    masks: EncodedArray = Field(description="(M, rows, cols) bool: M = 1, or 3 with multimask")
+    scores: list[float] = Field(description="predicted IoU of each mask")
+    best: int = Field(description="index of the highest-scoring mask")
+    cached: bool = Field(description="whether the slice embedding was cached before this request")
+    timing_ms: dict[str, float]
+
+
+class EmbedRequest(Strict):
+    axis: Axis = 2
+    slices: Optional[list[int]] = Field(None, description="which slices (default: all, outwards from focus or the middle)")
+    focus: Optional[int] = Field(None, ge=0, description="slice to embed first (the one on screen)")
+    model: Optional[str] = None
+    window: Optional[str] = None
+
+
+class FocusRequest(Strict):
+    index: int = Field(ge=0)
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobStatus(BaseModel):
+    id: str
+    kind: str
+    state: JobState
+    progress: float = Field(ge=0, le=1)
+    message: str = ""
+    log: list[str] = Field(description="the last lines of the job's log")
+    result: Optional[dict[str, Any]] = None
+    error: Optional[ErrorBody] = None
+    created: float
+    started: Optional[float] = None
+    finished: Optional[float] = None

@@ -1,0 +1,98 @@
+"""``serve()``: run the worker with uvicorn on a socket bound before the "ready" line is printed."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+from typing import Optional, Sequence
+
+import uvicorn
+
+from ..errors import InputError, SAMMedError
+from .app import create_app
+from .protocol import PROTOCOL_VERSION, READY_MARKER
+from .service import Service
+
+TOKEN_ENV = "SAMMED_TOKEN"
+
+
+def serve(
+    host: str = "127.0.0.1", port: int = 8765, token: Optional[str] = None, model: str = "litemedsam",
+    device: Optional[str] = None,
+) -> None:
+    """Serve until interrupted. ``port=0`` picks a free port; the ready line names the real URL.
+
+    The token may also come from ``$SAMMED_TOKEN`` (keeps it out of the process list). Binding to a
+    non-loopback address without a token is refused.
+    """
+    token = token or os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(host) and not token:
+        raise InputError(
+            f"refusing to listen on {host} without an API token: anyone on the network could use this worker",
+            f"pass --token (or set ${TOKEN_ENV}), or bind 127.0.0.1",
+        )
+    service = Service(model=model, device=device)
+    service.predictor()  # load the default model now: a missing checkpoint fails here, not on the first click
+    sock = _listen(host, port)
+    url = f"http://{_url_host(host)}:{sock.getsockname()[1]}"
+    config = uvicorn.Config(
+        create_app(service, token), log_level="warning", timeout_keep_alive=30, timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    print(f"{READY_MARKER} {url} (protocol {PROTOCOL_VERSION}, model {service.default_model} on {service.device})", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        service.close()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP (not 0), or asyncio will not set TCP_NODELAY on accepted connections and every
+    # keep-alive request waits ~40 ms for a delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror})", "pick another --port, or stop the program using it") from None
+    sock.listen(128)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m sammed_server.api.server``: the same as ``sammed-server serve``."""
+    parser = argparse.ArgumentParser(prog="python -m sammed_server.api.server", description=serve.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--model", default="litemedsam")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    try:
+        serve(args.host, args.port, args.token, args.model, args.device)
+    except SAMMedError as exc:
+        print(f"sammed-server: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

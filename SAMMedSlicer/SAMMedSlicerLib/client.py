@@ -1,0 +1,529 @@
+"""HTTP client for the SAMMed worker (``sammed-server serve``), standard library + numpy only.
+
+It runs inside Slicer's Python, so it imports nothing else. Typical use::
+
+    client = SAMMedClient("http://127.0.0.1:8765")
+    volume = client.upload_volume(array_kji, spacing_ijk, origin, direction)   # free if already there
+    result = client.predict(volume.id, axis=2, index=40, box=(30, 20, 90, 70))
+    result.mask          # (rows, cols) bool, slice pixel (x, y) = (col, row)
+    job_id = client.start_embedding(volume.id, axis=2, focus=40)
+    client.wait_job(job_id, progress_cb=lambda status: print(status.progress))
+
+Every call may raise a :class:`SAMMedClientError` (``code``, ``message``, ``hint``); the first call
+checks the server's protocol version and raises :class:`ProtocolMismatchError` when it differs.
+Each thread keeps its own keep-alive connection, so one client can be shared between threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import socket
+import threading
+import time
+import urllib.parse
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+PROTOCOL_VERSION = 1  # must equal sammed_server.api.protocol.PROTOCOL_VERSION
+API_PREFIX = "/v1"
+VOLUME_HEADER = "X-SAMMed-Volume"
+UPLOAD_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+# errors ------------------------------------------------------------------------------------------
+class SAMMedClientError(Exception):
+    """An error from the server's error model, or from talking to it. ``status`` is the HTTP status (0: none)."""
+
+    def __init__(self, code: str, message: str, hint: str = "", status: int = 0, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.status = status
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConnectionFailedError(SAMMedClientError):
+    """The server cannot be reached (not running, wrong URL, connection dropped)."""
+
+
+class RequestTimeoutError(SAMMedClientError):
+    """No answer within the timeout (the server may still be working on it)."""
+
+
+class ProtocolMismatchError(SAMMedClientError):
+    """The server speaks another protocol version, or is not a SAMMed server at all."""
+
+
+class AuthenticationError(SAMMedClientError):
+    """401: missing or wrong API token."""
+
+
+class NotFoundError(SAMMedClientError):
+    """404: unknown volume, job, model or route."""
+
+
+class InvalidRequestError(SAMMedClientError):
+    """400/422: the request was refused (``field`` names the offending field when known)."""
+
+
+class PayloadTooLargeError(SAMMedClientError):
+    """413: the body is over the server's limit."""
+
+
+class ServerError(SAMMedClientError):
+    """5xx: the server failed (missing checkpoint, internal error)."""
+
+
+class JobFailedError(SAMMedClientError):
+    """A job ended failed or cancelled; ``status`` here is the final :class:`JobStatus`."""
+
+    def __init__(self, job: "JobStatus") -> None:
+        error = job.error or {}
+        super().__init__(error.get("code", job.state), error.get("message", f"job {job.id} {job.state}"), error.get("hint", ""))
+        self.job = job
+
+
+def _error_class(status: int) -> type:
+    if status == 401:
+        return AuthenticationError
+    if status == 404:
+        return NotFoundError
+    if status == 413:
+        return PayloadTooLargeError
+    if status >= 500:
+        return ServerError
+    return InvalidRequestError
+
+
+# results -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Health:
+    service: str
+    version: str
+    protocol: int
+    device: str
+    default_model: str
+    models_loaded: list
+    auth: bool
+    max_request_bytes: int
+    max_upload_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    description: str
+    input_size: int
+    box_only: bool
+    default: bool
+    loaded: bool
+    checkpoint_present: bool
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """``id`` is the content hash; ``created`` is False when the server already had the volume."""
+
+    id: str
+    shape_ijk: tuple
+    dtype: str
+    spacing: tuple
+    origin: tuple
+    direction: tuple
+    source: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """``masks (M, rows, cols)`` bool at slice resolution, ``scores (M,)`` predicted IoU, ``best`` index."""
+
+    volume_id: str
+    axis: int
+    index: int
+    model: str
+    masks: np.ndarray = field(repr=False)
+    scores: np.ndarray
+    best: int
+    cached: bool
+    timing_ms: dict
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The best mask, ``(rows, cols)`` bool."""
+        return self.masks[self.best]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[self.best])
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """``state``: queued, running, succeeded, failed or cancelled; ``error`` is the error model dict."""
+
+    id: str
+    kind: str
+    state: str
+    progress: float
+    message: str
+    log: list
+    result: Optional[dict]
+    error: Optional[dict]
+    created: float
+    started: Optional[float]
+    finished: Optional[float]
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed", "cancelled")
+
+
+# encoding ----------------------------------------------------------------------------------------
+def decode_array(encoded: dict) -> np.ndarray:
+    """A server ``EncodedArray``: bool = packbits + zlib + base64, floats = little-endian raw + zlib + base64."""
+    shape = tuple(encoded["shape"])
+    raw = zlib.decompress(base64.b64decode(encoded["data"]))
+    if encoded["dtype"] == "bool":
+        count = int(np.prod(shape))
+        return np.unpackbits(np.frombuffer(raw, np.uint8), count=count).astype(bool).reshape(shape)
+    return np.frombuffer(raw, np.dtype(encoded["dtype"]).newbyteorder("<")).reshape(shape)
+
+
+def encode_float(array: np.ndarray, dtype: str = "float16") -> dict:
+    raw = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+    return {"shape": list(np.shape(array)), "dtype": dtype, "data": base64.b64encode(zlib.compress(raw)).decode()}
+
+
+def content_id(array: np.ndarray, spacing: Sequence[float]) -> str:
+    """The id the server gives this voxel array (the engine's content hash), for an array as uploaded."""
+    digest = hashlib.sha256()
+    digest.update(f"{array.dtype.str}|{array.shape}|{tuple(round(float(s), 6) for s in spacing)}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:32]
+
+
+def upload_array(array: np.ndarray) -> np.ndarray:
+    """``array`` as it travels: C-order, little-endian, one of ``UPLOAD_DTYPES`` (others become float32)."""
+    array = np.asarray(array)
+    dtype = array.dtype.name if array.dtype.name in UPLOAD_DTYPES else "float32"
+    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+# client ------------------------------------------------------------------------------------------
+class SAMMedClient:
+    """Typed calls to the ``/v1`` API of one SAMMed server.
+
+    ``timeout`` bounds each request (an uncached slice on a CPU takes seconds), ``upload_timeout`` a
+    volume upload. Idempotent calls are retried ``retries`` times when the connection is refused or
+    reset; a keep-alive connection the server closed is always re-opened once.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: Optional[str] = None,
+        timeout: float = 120.0,
+        upload_timeout: float = 600.0,
+        retries: int = 2,
+        check_protocol: bool = True,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(base_url.rstrip("/"))
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise SAMMedClientError("invalid_url", f"not an http(s) URL: {base_url!r}", "e.g. http://127.0.0.1:8765")
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.upload_timeout = upload_timeout
+        self.retries = retries
+        self._parsed = parsed
+        self._local = threading.local()
+        self._health: Optional[Health] = None
+        self._check_lock = threading.Lock()
+        self._check_protocol = check_protocol
+
+    # server ------------------------------------------------------------------------------
+    def health(self) -> Health:
+        """Service, version, protocol, device and loaded models; raises :class:`ProtocolMismatchError` on a mismatch."""
+        try:
+            body = self._call("GET", "/health", checked=False)
+        except NotFoundError:
+            raise self._not_sammed("it has no /v1/health") from None
+        if not isinstance(body, dict) or body.get("service") != "sammed-server" or "protocol" not in body:
+            raise self._not_sammed("its /v1/health answer is not a SAMMed one")
+        if body["protocol"] != PROTOCOL_VERSION:
+            raise ProtocolMismatchError(
+                "protocol_mismatch",
+                f"the SAMMed server at {self.base_url} (version {body.get('version', '?')}) speaks protocol "
+                f"{body['protocol']}, but this SAMMed module speaks protocol {PROTOCOL_VERSION}",
+                "install the same SAMMed release for the server and the Slicer extension (pip install -U sammed-server)",
+            )
+        health = Health(**{name: body.get(name) for name in Health.__dataclass_fields__})
+        self._health = health
+        return health
+
+    def models(self) -> list:
+        """All registry models as :class:`ModelInfo` (``loaded``, ``checkpoint_present``, ``default``)."""
+        return [ModelInfo(**item) for item in self._call("GET", "/models")]
+
+    # volumes -----------------------------------------------------------------------------
+    def upload_volume(
+        self,
+        array: np.ndarray,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        origin: Sequence[float] = (0.0, 0.0, 0.0),
+        direction: Sequence[float] = IDENTITY,
+    ) -> VolumeInfo:
+        """Send a ``(K, J, I)`` voxel array with its geometry (spacing/origin in IJK order, direction 3x3 row-major).
+
+        The server identifies volumes by content hash: when it already has this one, nothing is sent.
+        """
+        data = upload_array(array)
+        known = self._known_volume(content_id(data, spacing))
+        if known is not None:
+            return known
+        body = zlib.compress(data.data, 1)
+        limit = self._health.max_upload_bytes if self._health else None
+        if limit is not None and len(body) > limit:
+            raise PayloadTooLargeError(
+                "payload_too_large", f"the compressed volume is {len(body)} bytes, over the server's limit of {limit}",
+                "crop or resample the volume, or raise the server's upload limit", 413,
+            )
+        geometry = {
+            "shape": list(data.shape), "dtype": data.dtype.name, "spacing": [float(s) for s in spacing],
+            "origin": [float(o) for o in origin], "direction": [float(d) for d in direction], "compression": "zlib",
+        }
+        headers = {VOLUME_HEADER: json.dumps(geometry), "Content-Type": "application/octet-stream"}
+        return VolumeInfo(**_tuples(self._call("POST", "/volumes", body=body, headers=headers, timeout=self.upload_timeout)))
+
+    def register_volume_path(self, path: str) -> VolumeInfo:
+        """Have the server read a volume file or DICOM folder from its own file system (same machine)."""
+        return VolumeInfo(**_tuples(self._call("POST", "/volumes/from-path", {"path": str(path)}, timeout=self.upload_timeout)))
+
+    def volume(self, volume_id: str) -> VolumeInfo:
+        return VolumeInfo(**_tuples(self._call("GET", f"/volumes/{_quote(volume_id)}")))
+
+    def delete_volume(self, volume_id: str) -> None:
+        self._call("DELETE", f"/volumes/{_quote(volume_id)}")
+
+    # prediction --------------------------------------------------------------------------
+    def predict(
+        self,
+        volume_id: str,
+        axis: int,
+        index: int,
+        points: Sequence[Sequence[float]] = (),
+        labels: Sequence[int] = (),
+        box: Optional[Sequence[float]] = None,
+        mask_input: Optional[np.ndarray] = None,
+        use_previous_mask: bool = False,
+        session: str = "default",
+        multimask: bool = False,
+        model: Optional[str] = None,
+        window: Optional[str] = None,
+    ) -> PredictResult:
+        """Segment slice ``index`` along IJK ``axis`` from points (x, y) with labels (1 = +, 0 = −) and/or a box.
+
+        ``use_previous_mask`` refines with the low-res logits the server kept from this ``session``'s
+        last predict on the same slice (none yet: no mask input); ``mask_input`` gives such logits
+        explicitly. A slice whose embedding is not cached is encoded first (seconds on a CPU).
+        """
+        request: dict[str, Any] = {
+            "axis": int(axis), "index": int(index), "points": [[float(x), float(y)] for x, y in points],
+            "labels": [int(v) for v in labels], "box": None if box is None else [float(v) for v in box],
+            "use_previous_mask": bool(use_previous_mask), "session": session, "multimask": bool(multimask),
+            "model": model, "window": window,
+        }
+        if mask_input is not None:
+            request["mask_input"] = encode_float(mask_input)
+        body = self._call("POST", f"/volumes/{_quote(volume_id)}/predict", request, idempotent=not use_previous_mask)
+        return PredictResult(
+            volume_id=body["volume_id"], axis=body["axis"], index=body["index"], model=body["model"],
+            masks=decode_array(body["masks"]), scores=np.asarray(body["scores"], dtype=np.float32), best=body["best"],
+            cached=body["cached"], timing_ms=body["timing_ms"],
+        )
+
+    # jobs --------------------------------------------------------------------------------
+    def start_embedding(
+        self,
+        volume_id: str,
+        axis: int = 2,
+        focus: Optional[int] = None,
+        slices: Optional[Sequence[int]] = None,
+        model: Optional[str] = None,
+        window: Optional[str] = None,
+    ) -> str:
+        """Start precomputing the embeddings of a volume along ``axis`` (``focus`` first); returns the job id.
+
+        Asking again while the same job runs returns that job's id.
+        """
+        request = {
+            "axis": int(axis), "focus": focus, "slices": None if slices is None else [int(s) for s in slices],
+            "model": model, "window": window,
+        }
+        return self._call("POST", f"/volumes/{_quote(volume_id)}/embed", request)["id"]
+
+    def job(self, job_id: str) -> JobStatus:
+        return JobStatus(**self._call("GET", f"/jobs/{_quote(job_id)}"))
+
+    def jobs(self) -> list:
+        return [JobStatus(**item) for item in self._call("GET", "/jobs")]
+
+    def cancel_job(self, job_id: str) -> JobStatus:
+        """Ask a job to stop; it ends ``cancelled`` after its current step."""
+        return JobStatus(**self._call("POST", f"/jobs/{_quote(job_id)}/cancel"))
+
+    def focus_job(self, job_id: str, index: int) -> JobStatus:
+        """Make slice ``index`` the next one an embedding job computes (the slice on screen)."""
+        return JobStatus(**self._call("POST", f"/jobs/{_quote(job_id)}/focus", {"index": int(index)}))
+
+    def wait_job(
+        self,
+        job_id: str,
+        poll: float = 0.5,
+        timeout: Optional[float] = None,
+        progress_cb: Optional[Callable[[JobStatus], None]] = None,
+    ) -> JobStatus:
+        """Poll until the job ends; returns its status if it succeeded, else raises :class:`JobFailedError`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.job(job_id)
+            if progress_cb is not None:
+                progress_cb(status)
+            if status.done:
+                if status.state != "succeeded":
+                    raise JobFailedError(status)
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise RequestTimeoutError(
+                    "timeout", f"job {job_id} still {status.state} after {timeout:g} s", "cancel it or wait longer"
+                )
+            time.sleep(poll)
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    # transport ---------------------------------------------------------------------------
+    def _known_volume(self, volume_id: str) -> Optional[VolumeInfo]:
+        try:
+            return self.volume(volume_id)
+        except NotFoundError:
+            return None
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        json_body: Optional[dict] = None,
+        body: Optional[bytes] = None,
+        headers: Optional[dict] = None,
+        timeout: Optional[float] = None,
+        idempotent: bool = True,
+        checked: bool = True,
+    ) -> Any:
+        if checked and self._check_protocol and self._health is None:
+            with self._check_lock:
+                if self._health is None:
+                    self.health()
+        headers = dict(headers or {})
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        status, raw = self._send(method, API_PREFIX + path, body, headers, timeout or self.timeout, idempotent)
+        payload = _json(raw)
+        if status >= 400:
+            error = payload.get("error") if isinstance(payload, dict) else None
+            if not isinstance(error, dict):
+                text = raw[:200].decode(errors="replace")
+                raise _error_class(status)("http_error", f"HTTP {status} from {self.base_url}{API_PREFIX}{path}: {text}", status=status)
+            raise _error_class(status)(
+                error.get("code", "error"), error.get("message", ""), error.get("hint", ""), status, error.get("field")
+            )
+        return payload
+
+    def _send(
+        self, method: str, path: str, body: Optional[bytes], headers: dict, timeout: float, idempotent: bool
+    ) -> tuple:
+        attempt = 0
+        while True:
+            reused = getattr(self._local, "connection", None) is not None
+            try:
+                connection = self._connection(timeout)
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                raw = response.read()
+                if response.will_close:
+                    self.close()
+                return response.status, raw
+            except socket.timeout:
+                self.close()
+                raise RequestTimeoutError(
+                    "timeout", f"{method} {path} got no answer from {self.base_url} within {timeout:g} s",
+                    "the server may be busy (first use of a model or slice); try again or raise the timeout",
+                ) from None
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self.close()
+                stale = reused and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError))
+                if stale and attempt == 0:  # the server closed an idle keep-alive connection: just reconnect
+                    attempt += 1
+                    continue
+                if idempotent and attempt < self.retries and isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)):
+                    time.sleep(0.25 * 2**attempt)
+                    attempt += 1
+                    continue
+                raise ConnectionFailedError(
+                    "connection_failed", f"cannot talk to the SAMMed server at {self.base_url} ({type(exc).__name__}: {exc})",
+                    "check that the server is running and the URL is right (start it with: sammed-server serve)",
+                ) from None
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        """This thread's keep-alive connection, opened (with TCP_NODELAY) if needed."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            cls = http.client.HTTPSConnection if self._parsed.scheme == "https" else http.client.HTTPConnection
+            connection = cls(self._parsed.hostname, self._parsed.port, timeout=timeout)
+            connection.connect()
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._local.connection = connection
+        connection.sock.settimeout(timeout)
+        return connection
+
+    def _not_sammed(self, why: str) -> ProtocolMismatchError:
+        return ProtocolMismatchError(
+            "not_sammed", f"{self.base_url} is not a SAMMed server ({why})", "check the server URL and port"
+        )
+
+
+def _json(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _tuples(body: dict) -> dict:
+    """JSON lists → tuples for the geometry fields of :class:`VolumeInfo`."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in body.items()}
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(str(segment), safe="")
