@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/co
 SAMMED_DATA_DIR ?= ../shared/data
 export SAMMED_DATA_DIR
 
-.PHONY: venv demo test test-server bench clean
+.PHONY: venv venv-slicer demo test test-server test-slicer bench clean
 
 venv: $(VENV)/.installed
 
@@ -23,10 +23,24 @@ demo: venv
 test-server: venv
 	$(VENV)/bin/python -m pytest
 
-test: test-server
+# SAMMedSlicer logic tests on Slicer's real MRML (slicer-core wheel, no Slicer app, ~1 GB); the worker they
+# start is .venv/bin/sammed-server (override with SAMMED_SERVER=...).
+SLICER_VENV := .venv-slicer
+
+venv-slicer: $(SLICER_VENV)/.installed
+
+$(SLICER_VENV)/.installed:
+	$(PYTHON) -m venv $(SLICER_VENV)
+	$(SLICER_VENV)/bin/pip install --disable-pip-version-check -q 'slicer-core==5.13.*' numpy pytest
+	touch $@
+
+test-slicer: venv venv-slicer
+	$(SLICER_VENV)/bin/python -m pytest Testing/slicer
+
+test: test-server test-slicer
 
 bench: venv
 	$(VENV)/bin/sammed-server bench --http
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(SLICER_VENV) out .pytest_cache

@@ -1,0 +1,441 @@
+"""The interactive session (Qt-free): markups prompts in, the worker's masks into the selected segment, undo.
+
+A :class:`Session` observes three markups nodes ("+" points, "−" points, an ROI for the box). Each placed prompt is
+turned into (axis, slice, pixel) on the volume's grid, the worker predicts that slice from all prompts on it, and
+the mask is written into the segment honouring the Segment Editor's settings. Undo removes the last prompt and puts
+the segments back exactly. The volume is sent and its embeddings precomputed in the background; ``progress()``
+reports on it for a timer in the widget to show.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import vtk
+
+from . import prompts as P
+from .segments import EditSettings, SegmentSlices, SliceEdit
+from .volume import dims_ijk, ijk_to_ras, lps_geometry, to_numpy, voxel_array
+
+POINT_KINDS = {"positivePoints": "positive", "negativePoints": "negative"}
+PLANE_TOLERANCE_MM = 1e-2
+
+
+class WorkerClient(Protocol):
+    """What the session needs from the worker (``client.SAMMedClient`` provides it)."""
+
+    def upload_volume(self, array: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
+                      direction: Sequence[float]) -> Any: ...
+
+    def predict(self, volume_id: str, axis: int, index: int, points: Sequence[Sequence[float]] = (),
+                labels: Sequence[int] = (), box: Optional[Sequence[float]] = None, **options: Any) -> Any: ...
+
+    def start_embedding(self, volume_id: str, axis: int = 2, focus: Optional[int] = None, **options: Any) -> str: ...
+
+    def models(self) -> list[Any]: ...
+
+    def job(self, job_id: str) -> Any: ...
+
+    def cancel_job(self, job_id: str) -> Any: ...
+
+    def focus_job(self, job_id: str, index: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Background work for the panel: ``state`` is idle, uploading, queued, running, succeeded, failed or cancelled."""
+
+    state: str
+    fraction: float = 0.0
+    message: str = ""
+
+
+def create_prompt_nodes(scene: Any) -> dict[str, Any]:
+    """New "+" and "−" point lists and a box ROI, coloured and named for the panel."""
+    nodes = {}
+    for role, cls, name, color in (
+        ("positivePoints", "vtkMRMLMarkupsFiducialNode", "SAMMed +", (0.2, 0.9, 0.2)),
+        ("negativePoints", "vtkMRMLMarkupsFiducialNode", "SAMMed −", (0.95, 0.2, 0.2)),
+        ("box", "vtkMRMLMarkupsROINode", "SAMMed box", (1.0, 0.85, 0.1)),
+    ):
+        node = scene.AddNewNodeByClass(cls, name)
+        node.CreateDefaultDisplayNodes()
+        node.GetDisplayNode().SetSelectedColor(*color)
+        node.GetDisplayNode().SetColor(*color)
+        nodes[role] = node
+    return nodes
+
+
+def slice_of_view(volume_node: Any, slice_node: Any) -> tuple[int, int]:
+    """(axis, index) of the slice of ``volume_node`` that a slice view shows."""
+    slice_to_ras = to_numpy(slice_node.GetSliceToRAS())
+    axis = P.slice_axis(ijk_to_ras(volume_node), slice_to_ras[:3, 2])
+    ijk = P.ras_to_ijk(np.linalg.inv(ijk_to_ras(volume_node)), slice_to_ras[:3, 3])
+    return axis, int(np.clip(round(ijk[axis]), 0, dims_ijk(volume_node)[axis] - 1))
+
+
+class Session:
+    """Prompts → worker → segment, with undo. Drive it from markups events or call :meth:`add_prompt` directly.
+
+    ``model`` is passed to every predict; ``editor_node`` gives the Segment Editor settings (default: the scene's
+    first ``vtkMRMLSegmentEditorNode``); a point's slice is the one of the slice view whose plane contains it
+    (``active_slice_node`` first), else along ``default_axis`` (2 = K); a box's is the view plane through its
+    centre that it is thinnest across.
+    Errors in event handlers are kept in ``errors`` and passed to ``on_error`` (VTK would swallow them); hints for
+    the user (e.g. "draw a box first") go to ``notices`` / ``on_notice``.
+    """
+
+    def __init__(
+        self, scene: Any, client: WorkerClient, model: Optional[str] = None, editor_node: Optional[Any] = None,
+        default_axis: int = 2, on_error: Optional[Callable[[str], None]] = None,
+        on_notice: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        self.scene = scene
+        self.client = client
+        self.model = model
+        self.editor_node = editor_node
+        self.default_axis = default_axis
+        self.on_error = on_error
+        self.on_notice = on_notice
+        self.active_slice_node: Optional[Any] = None  # the view the user works in (set by the widget)
+        self.errors: list[str] = []
+        self.notices: list[str] = []
+        self.volume_node: Optional[Any] = None
+        self.segmentation_node: Optional[Any] = None
+        self.segment_id = ""
+        self.prompts = P.PromptLog()
+        self._undo: list[tuple[P.Prompt, Optional[SliceEdit]]] = []
+        self._observations: list[tuple[Any, int]] = []
+        self._nodes: dict[str, Any] = {}
+        self._muted = False
+        self._roi_dragging = False
+        self._last_box: Optional[P.SliceBox] = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sammed-upload")
+        self._upload: Optional[Future] = None
+        self._embed_axis = default_axis
+        self._model_box_only: Optional[bool] = None
+
+    # selection ---------------------------------------------------------------------------------
+    def set_volume(
+        self, volume_node: Any, focus: Optional[int] = None, axis: Optional[int] = None, precompute: bool = True
+    ) -> None:
+        """Select the volume: send it to the worker and (``precompute``) start embedding its slices along ``axis``,
+        slice ``focus`` first, all in the background. Prompts given before the upload ends wait for it."""
+        self._cancel_embedding()
+        self.volume_node = volume_node
+        self.clear_prompts()
+        if volume_node is None:
+            self._upload = None
+            return
+        self._embed_axis = self.default_axis if axis is None else axis
+        array = voxel_array(volume_node)  # read VTK data here, on the caller's (main) thread
+        geometry = lps_geometry(ijk_to_ras(volume_node))
+        self._upload = self._executor.submit(self._send_volume, array, geometry, self._embed_axis, focus, precompute)
+
+    def set_segment(self, segmentation_node: Optional[Any], segment_id: str) -> None:
+        """The segment that prompts write into."""
+        self.segmentation_node = segmentation_node
+        self.segment_id = segment_id or ""
+
+    @property
+    def volume_id(self) -> str:
+        """The worker's id of the selected volume (waits for the upload to finish)."""
+        if self._upload is None:
+            raise RuntimeError("select a volume first")
+        return self._upload.result()[0]
+
+    def wait_until_uploaded(self, timeout: Optional[float] = None) -> str:
+        if self._upload is None:
+            raise RuntimeError("select a volume first")
+        return self._upload.result(timeout)[0]
+
+    # background embedding ----------------------------------------------------------------------
+    def progress(self) -> Progress:
+        """Where the upload / precompute stands (a cheap call: one small request at most)."""
+        if self._upload is None:
+            return Progress("idle")
+        if not self._upload.done():
+            return Progress("uploading", 0.0, "sending the volume to the worker")
+        if self._upload.exception() is not None:
+            return Progress("failed", 0.0, str(self._upload.exception()))
+        if not self._job_id:
+            return Progress("idle", 0.0, "volume on the worker")
+        job = self.client.job(self._job_id)
+        return Progress(job.state, float(job.progress), job.message)
+
+    def focus(self, axis: int, index: int) -> None:
+        """Tell the running precompute which slice is on screen (it is computed next)."""
+        if self._job_id and axis == self._embed_axis:
+            job = self.client.job(self._job_id)
+            if not job.done:
+                self.client.focus_job(job.id, index)
+
+    def cancel_precompute(self) -> None:
+        self._cancel_embedding()
+
+    # prompt nodes ------------------------------------------------------------------------------
+    def observe(self, nodes: dict[str, Any]) -> None:
+        """Watch the prompt markups: ``{"positivePoints": ..., "negativePoints": ..., "box": ...}``."""
+        self.unobserve()
+        self._nodes = dict(nodes)
+        for role, node in self._nodes.items():
+            if node is None:
+                continue
+            if role in POINT_KINDS:
+                self._add_observer(node, "PointPositionDefinedEvent", self._point_handler(POINT_KINDS[role]))
+            else:
+                for event in ("PointPositionDefinedEvent", "PointStartInteractionEvent", "PointEndInteractionEvent"):
+                    self._add_observer(node, event, self._roi_handler(event))
+                self._add_observer(node, "ModifiedEvent", self._roi_handler("ModifiedEvent"))
+
+    @property
+    def prompt_nodes(self) -> dict[str, Any]:
+        """The observed markups by role."""
+        return dict(self._nodes)
+
+    def unobserve(self) -> None:
+        for node, tag in self._observations:
+            node.RemoveObserver(tag)
+        self._observations.clear()
+
+    def _add_observer(self, node: Any, event: str, callback: Callable[[Any, Optional[int]], None]) -> None:
+        # MRML custom event ids reach Python as "NoEvent": each observer knows its own event instead.
+        def observer(caller: Any, _event: Any, calldata: Optional[int] = None) -> None:
+            if not self._muted:
+                self._guarded(callback, caller, calldata)
+
+        observer.CallDataType = vtk.VTK_INT  # type: ignore[attr-defined]
+        event_id = vtk.vtkCommand.ModifiedEvent if event == "ModifiedEvent" else getattr(type(node), event)
+        self._observations.append((node, node.AddObserver(event_id, observer)))
+
+    def _point_handler(self, kind: str) -> Callable[[Any, Optional[int]], None]:
+        def handle(node: Any, index: Optional[int]) -> None:
+            if index is None or not 0 <= index < node.GetNumberOfControlPoints():
+                return
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPositionWorld(index, position)
+            self.add_point(kind, position, node.GetID(), node.GetNthControlPointID(index))
+
+        return handle
+
+    def _roi_handler(self, event: str) -> Callable[[Any, Optional[int]], None]:
+        def handle(roi: Any, _index: Optional[int]) -> None:
+            if event == "PointStartInteractionEvent":
+                self._roi_dragging = True
+                return
+            if event == "PointEndInteractionEvent":
+                self._roi_dragging = False
+            elif self._roi_dragging:
+                return
+            if roi.GetNumberOfDefinedControlPoints() == 0 or sorted(roi.GetSize())[1] <= 0:
+                return  # not placed yet, or still flat
+            self.add_roi(roi)
+
+        return handle
+
+    # prompts -----------------------------------------------------------------------------------
+    def add_point(self, kind: str, ras: Sequence[float], node_id: str = "", point_id: str = "") -> Optional[SliceEdit]:
+        """A "+" or "−" point at ``ras``: predict its slice (in the view that contains it) and update the segment."""
+        volume = self._require_volume()
+        axis = self.axis_at(ras)
+        point = P.point_on_slice(np.linalg.inv(ijk_to_ras(volume)), ras, axis, dims_ijk(volume))
+        return self.add_prompt(P.Prompt(kind, point.axis, point.index, (point.x, point.y), node_id, point_id))  # type: ignore[arg-type]
+
+    def add_roi(self, roi: Any) -> Optional[SliceEdit]:
+        """The ROI as a box on the slice through its centre (ignored when the box did not change)."""
+        volume = self._require_volume()
+        center = [0.0, 0.0, 0.0]
+        roi.GetCenterWorld(center)
+        corners = _roi_corners(roi)
+        thinnest = _thinnest_axis(np.linalg.inv(ijk_to_ras(volume)), corners)
+        in_views = self._view_axes(center)
+        axis = thinnest if thinnest in in_views or not in_views else in_views[0]
+        box = P.box_on_slice(np.linalg.inv(ijk_to_ras(volume)), corners, center, axis, dims_ijk(volume))
+        if box == self._last_box:
+            return None
+        self._last_box = box
+        return self.add_prompt(P.Prompt("box", box.axis, box.index, box.corners, roi.GetID()))
+
+    def add_prompt(self, prompt: P.Prompt) -> Optional[SliceEdit]:
+        """Record a prompt, predict its slice from every prompt there, write the mask; returns the edit (undoable)."""
+        self.prompts.add(prompt)
+        try:
+            edit = self._predict_and_apply(prompt.axis, prompt.index)
+        except BaseException:
+            self.prompts.pop()
+            raise
+        self._undo.append((prompt, edit))
+        return edit
+
+    def undo(self) -> bool:
+        """Remove the last prompt (and its markups point) and restore the segments as they were before it."""
+        if not self._undo:
+            return False
+        prompt, edit = self._undo.pop()
+        self.prompts.pop()
+        if edit is not None:
+            self._slices().undo(edit)
+        self._muted = True
+        try:
+            self._remove_markup(prompt)
+        finally:
+            self._muted = False
+        return True
+
+    def clear_prompts(self) -> None:
+        """Forget all prompts and remove their markups; the segment stays as it is (undo history is cleared)."""
+        self.prompts.clear()
+        self._undo.clear()
+        self._last_box = None
+        self._muted = True
+        try:
+            for node in self._nodes.values():
+                if node is not None:
+                    node.RemoveAllControlPoints()
+        finally:
+            self._muted = False
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    # views -------------------------------------------------------------------------------------
+    def axis_at(self, ras: Sequence[float]) -> int:
+        """The IJK axis of the slice view whose plane contains ``ras`` (``active_slice_node`` first; else
+        ``default_axis``)."""
+        axes = self._view_axes(ras)
+        return axes[0] if axes else self.default_axis
+
+    def slice_of_view(self, slice_node: Any) -> tuple[int, int]:
+        """(axis, index) of the volume slice a slice view shows."""
+        return slice_of_view(self._require_volume(), slice_node)
+
+    def _view_axes(self, ras: Sequence[float]) -> list[int]:
+        """IJK axes of the slice views whose plane contains ``ras``, the active view first."""
+        volume = self._require_volume()
+        views = [self.scene.GetNthNodeByClass(n, "vtkMRMLSliceNode")
+                 for n in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))]
+        if self.active_slice_node is not None:
+            views.insert(0, self.active_slice_node)
+        axes = []
+        for view in views:
+            slice_to_ras = to_numpy(view.GetSliceToRAS())
+            normal = slice_to_ras[:3, 2] / np.linalg.norm(slice_to_ras[:3, 2])
+            if abs(normal @ (np.asarray(ras[:3]) - slice_to_ras[:3, 3])) < PLANE_TOLERANCE_MM:
+                axes.append(P.slice_axis(ijk_to_ras(volume), normal))
+        return axes
+
+    # internals ---------------------------------------------------------------------------------
+    def _predict_and_apply(self, axis: int, index: int) -> Optional[SliceEdit]:
+        on_slice = self.prompts.on_slice(axis, index)
+        if on_slice.box is None and (1 not in on_slice.labels or self._box_only()):
+            self._notify("draw a box on this slice first: the model needs one, points then refine it"
+                         if self._box_only() else "place a \"+\" point or a box: \"−\" points alone select nothing")
+            return None
+        if self.segmentation_node is None or not self.segment_id:
+            raise RuntimeError("select a segmentation and a segment first")
+        options = {"model": self.model} if self.model else {}
+        result = self.client.predict(
+            self.volume_id, axis, index, on_slice.points, on_slice.labels, on_slice.box, **options
+        )
+        return self._slices().apply(self._edit_settings(), self.segment_id, axis, index, np.asarray(result.mask))
+
+    def _box_only(self) -> bool:
+        """Whether the model refuses point-only prompts (LiteMedSAM); asked from the worker once."""
+        if self._model_box_only is None:
+            models = self.client.models()
+            chosen = [m for m in models if (m.id == self.model if self.model else m.default)]
+            self._model_box_only = bool(chosen and chosen[0].box_only)
+        return self._model_box_only
+
+    def _edit_settings(self) -> EditSettings:
+        node = self.editor_node or self.scene.GetFirstNodeByClass("vtkMRMLSegmentEditorNode")
+        return EditSettings.from_editor_node(node)
+
+    def _slices(self) -> SegmentSlices:
+        return SegmentSlices(self.segmentation_node, self._require_volume())
+
+    def _require_volume(self) -> Any:
+        if self.volume_node is None:
+            raise RuntimeError("select a volume first")
+        return self.volume_node
+
+    def _remove_markup(self, prompt: P.Prompt) -> None:
+        node = self.scene.GetNodeByID(prompt.node_id) if prompt.node_id else None
+        if node is None:
+            return
+        if prompt.kind == "box":
+            self._last_box = None
+            node.RemoveAllControlPoints()
+            return
+        index = node.GetNthControlPointIndexByID(prompt.point_id)
+        if index >= 0:
+            node.RemoveNthControlPoint(index)
+
+    def _send_volume(
+        self, array: np.ndarray, geometry: Any, axis: int, focus: Optional[int], precompute: bool
+    ) -> tuple[str, str]:
+        info = self.client.upload_volume(array, geometry.spacing, geometry.origin, geometry.direction)
+        if not precompute:
+            return info.id, ""
+        options = {"model": self.model} if self.model else {}
+        return info.id, self.client.start_embedding(info.id, axis=axis, focus=focus, **options)
+
+    @property
+    def _job_id(self) -> str:
+        """The precompute job's id ("" while uploading, after a failed upload, or without precompute)."""
+        if self._upload is None or not self._upload.done() or self._upload.exception() is not None:
+            return ""
+        return self._upload.result()[1]
+
+    def _cancel_embedding(self) -> None:
+        if self._job_id:
+            try:
+                self.client.cancel_job(self._job_id)
+            except Exception as exc:  # noqa: BLE001 - the worker may be gone; nothing to cancel then
+                self._report(f"could not cancel the precompute: {exc}")
+
+    def _guarded(self, callback: Callable[[Any, Optional[int]], None], node: Any, calldata: Optional[int]) -> None:
+        try:
+            callback(node, calldata)
+        except Exception as exc:  # noqa: BLE001 - an observer must never raise into VTK
+            self._report(str(exc))
+
+    def _report(self, message: str) -> None:
+        self.errors.append(message)
+        if self.on_error is not None:
+            self.on_error(message)
+
+    def _notify(self, message: str) -> None:
+        self.notices.append(message)
+        if self.on_notice is not None:
+            self.on_notice(message)
+
+    def close(self) -> None:
+        """Stop observing, cancel the precompute, end the upload thread."""
+        self.unobserve()
+        self._cancel_embedding()
+        self._executor.shutdown(wait=False)
+
+
+def _roi_corners(roi: Any) -> np.ndarray:
+    """The 8 world corners of a (possibly rotated) ROI."""
+    center = [0.0, 0.0, 0.0]
+    roi.GetCenterWorld(center)
+    radius = np.asarray(roi.GetSize()) / 2.0
+    axes = []
+    for getter in (roi.GetXAxisWorld, roi.GetYAxisWorld, roi.GetZAxisWorld):
+        axis = [0.0, 0.0, 0.0]
+        getter(axis)
+        axes.append(axis)
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
+    return np.asarray(center) + (signs * radius) @ np.array(axes)
+
+
+def _thinnest_axis(ras_to_ijk_matrix: np.ndarray, corners: np.ndarray) -> int:
+    """The IJK axis along which a box is thinnest in voxels (the slicing axis of a box drawn in a slice view)."""
+    ijk = np.array([P.ras_to_ijk(ras_to_ijk_matrix, c) for c in corners])
+    return int(np.argmin(ijk.max(axis=0) - ijk.min(axis=0)))

@@ -1,0 +1,135 @@
+"""Fixtures for the SAMMedSlicerLib tests on Slicer's real MRML (the ``slicer-core`` wheel, no Slicer app).
+
+Run with a Python that has ``slicer-core==5.13.*`` (``make test-slicer`` builds ``.venv-slicer``); under any other
+Python these tests are not collected and the header says why. The worker is the real ``sammed-server`` of the
+project environment (``$SAMMED_SERVER``, default ``.venv/bin/sammed-server``) on 127.0.0.1 with LiteMedSAM on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "SAMMedSlicer"
+
+
+def _slicer_core_missing() -> str:
+    try:
+        import slicer
+    except ImportError:
+        return "slicer-core is not installed in this Python"
+    if not hasattr(slicer, "vtkMRMLScene"):
+        return "`import slicer` is not the slicer-core wheel"
+    return ""
+
+
+MISSING = _slicer_core_missing()
+if MISSING:
+    collect_ignore_glob = ["test_*.py"]
+else:
+    sys.path.insert(0, str(MODULE_DIR))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if MISSING:
+        return f"Testing/slicer SKIPPED: {MISSING} (run `make test-slicer`, which uses .venv-slicer)"
+    return f"Testing/slicer: slicer-core MRML, module sources from {MODULE_DIR}"
+
+
+@dataclass
+class Mrml:
+    """A scene with the module logics a Slicer app would have, and the CT loaded as a scalar volume."""
+
+    scene: Any
+    app: Any
+    logics: dict[str, Any]
+    volume: Any = None
+
+
+def make_mrml() -> Mrml:
+    import slicer
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    crosshair = slicer.vtkMRMLCrosshairNode()
+    crosshair.SetCrosshairName("default")
+    scene.AddNode(crosshair)
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.GetColorLogic().SetMRMLScene(scene)
+    app.GetColorLogic().AddDefaultColorNodes()
+    app.SetSliceLogics(vtk.vtkCollection())
+    app.SetViewLogics(vtk.vtkCollection())
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLApplicationLogic(app)
+    colors.SetMRMLScene(scene)
+    app.SetModuleLogic("Colors", colors)
+    logics = {"Colors": colors}
+    for name, cls in (("Volumes", slicer.vtkSlicerVolumesLogic), ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                      ("Markups", slicer.vtkSlicerMarkupsLogic)):
+        logic = cls()
+        logic.SetMRMLApplicationLogic(app)
+        logic.SetMRMLScene(scene)
+        app.SetModuleLogic(name, logic)
+        logics[name] = logic
+    return Mrml(scene, app, logics)
+
+
+def load_volume(mrml: Mrml, path: Path, name: str) -> Any:
+    import vtk
+
+    node = mrml.logics["Volumes"].AddArchetypeVolume(str(path), name, 0, vtk.vtkStringArray())
+    assert node is not None, f"could not load {path}"
+    return node
+
+
+@pytest.fixture
+def mrml(ct_path: Path) -> Mrml:
+    """A fresh scene with example_ct_sm in a ``vtkMRMLScalarVolumeNode``."""
+    app = make_mrml()
+    app.volume = load_volume(app, ct_path, "ct")
+    return app
+
+
+@pytest.fixture(scope="session")
+def reference(ct_labels_path: Path, label_names: dict) -> dict[str, Any]:
+    """``{organ: (K, J, I) bool}`` from example_seg (same grid as the CT)."""
+    from SAMMedSlicerLib.volume import voxel_array
+
+    labels = voxel_array(load_volume(make_mrml(), ct_labels_path, "labels"))
+    names = label_names[ct_labels_path.name]
+    return {organ: labels == value for value, organ in names.items()}
+
+
+@pytest.fixture
+def segmentation(mrml: Mrml) -> Any:
+    node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(mrml.volume)
+    return node
+
+
+@pytest.fixture(scope="session")
+def worker(shared_cache_dir: Path) -> Iterator[Any]:
+    """A real ``sammed-server serve`` on a free loopback port, started by the Lib's ServerProcess; yields the client."""
+    from SAMMedSlicerLib.client import SAMMedClient
+    from SAMMedSlicerLib.server_process import ServerProcess, free_port, serve_command
+
+    executable = os.environ.get("SAMMED_SERVER", str(REPO / ".venv" / "bin" / "sammed-server"))
+    if not Path(executable).is_file():
+        pytest.skip(f"no worker program at {executable} (run `make venv` or set SAMMED_SERVER)")
+    port = free_port()
+    client = SAMMedClient(f"http://127.0.0.1:{port}", timeout=300)
+    process = ServerProcess(
+        serve_command(executable, port=port, device="cpu"), client.health,
+        env={"SAMMED_CACHE_DIR": str(shared_cache_dir)}, log_path=str(shared_cache_dir / "worker.log"),
+    )
+    process.start(timeout=300)
+    yield client
+    process.stop()

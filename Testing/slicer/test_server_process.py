@@ -1,0 +1,88 @@
+"""Worker supervision: clear messages for every way the worker can fail to start; the real worker starts/stops."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from SAMMedSlicerLib.client import SAMMedClient
+from SAMMedSlicerLib.server_process import (
+    ServerProcess, WorkerError, create_env_commands, env_executable, free_port, serve_command,
+)
+
+
+def test_missing_program_is_a_clear_error(tmp_path):
+    command = serve_command(str(tmp_path / "env" / "bin" / "sammed-server"), port=free_port())
+    with pytest.raises(WorkerError, match="does not exist: create the worker environment"):
+        ServerProcess(command, lambda: None).start(timeout=5)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(WorkerError, match=f"port {port} on 127.0.0.1 is already in use"):
+            ServerProcess(serve_command(sys.executable, port=port), lambda: None).start(timeout=5)
+
+
+def test_early_exit_reports_the_log_tail(tmp_path):
+    script = tmp_path / "python-fails.py"
+    script.write_text("import sys\nprint('loading model...')\nsys.exit('checkpoint not found: litemedsam.pth')\n")
+    process = ServerProcess([sys.executable, str(script)], lambda: (_ for _ in ()).throw(ConnectionError()),
+                            log_path=str(tmp_path / "log"))
+    with pytest.raises(WorkerError, match=r"(?s)exited \(code 1\) before it was ready.*checkpoint not found"):
+        process.start(timeout=20)
+    assert not process.running
+
+
+def test_protocol_mismatch_stops_the_worker_with_a_clear_message(tmp_path):
+    """A fake worker that answers /v1/health with another protocol version."""
+    port = free_port()
+    script = tmp_path / "fake_worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import http.server, json
+        class Health(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = json.dumps({{"service": "sammed-server", "version": "9.0", "protocol": 99}}).encode()
+                self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+                self.wfile.write(body)
+        http.server.HTTPServer(("127.0.0.1", {port}), Health).serve_forever()
+    """))
+    client = SAMMedClient(f"http://127.0.0.1:{port}", retries=0)
+    process = ServerProcess([sys.executable, str(script)], client.health, log_path=str(tmp_path / "log"))
+    with pytest.raises(WorkerError, match="speaks protocol 99, but this SAMMed module speaks protocol 1"):
+        process.start(timeout=20)
+    assert not process.running
+
+
+def test_real_worker_starts_answers_and_stops(shared_cache_dir):
+    executable = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "sammed-server"
+    if not executable.is_file():
+        pytest.skip(f"no worker program at {executable}")
+    port = free_port()
+    client = SAMMedClient(f"http://127.0.0.1:{port}")
+    process = ServerProcess(serve_command(str(executable), port=port, device="cpu"), client.health,
+                            env={"SAMMED_CACHE_DIR": str(shared_cache_dir)}, log_path=str(shared_cache_dir / "w2.log"))
+    health = process.start(timeout=300)
+    assert health.protocol == 1 and process.running
+    pid = process.process.pid
+    process.restart(timeout=300)
+    assert process.running and process.process.pid != pid
+    process.stop()
+    assert not process.running
+
+
+def test_environment_commands():
+    commands = create_env_commands("/opt/sammed-env", "/ext/SAMMedServer", "/ext/SAMMedServer/constraints.txt",
+                                   base_python="/slicer/bin/PythonSlicer")
+    python = env_executable("/opt/sammed-env", "python")
+    assert commands[0] == ["/slicer/bin/PythonSlicer", "-m", "venv", "/opt/sammed-env"]
+    assert commands[-1] == [python, "-m", "pip", "install", "--upgrade", "--constraint",
+                            "/ext/SAMMedServer/constraints.txt", "/ext/SAMMedServer"]
+    assert serve_command(python, port=9000, token="t")[:4] == [python, "-m", "sammed_server.cli", "serve"]
+    assert serve_command("/opt/sammed-env/bin/sammed-server", port=9000)[1] == "serve"
