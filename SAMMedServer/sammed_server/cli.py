@@ -57,8 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--name", default="Segment_1", help="segment name in the output")
     segment.add_argument("--color", type=_floats(3), default=None, help="r,g,b in [0, 1]")
     segment.add_argument("-o", "--output", type=Path, required=True, help="out.seg.nrrd or out.nii.gz")
+    segment.add_argument("--prompt-encoder", default=None, help="id of a learned prompt encoder (`train prompt-encoder`)")
     _model_options(segment)
     segment.set_defaults(run=_segment)
+
+    train = commands.add_parser("train", help="train a SAM-assist prompt encoder from annotated slices")
+    train_kinds = train.add_subparsers(required=True, metavar="KIND")
+    prompt = train_kinds.add_parser("prompt-encoder", help="learn a target from a few annotated slices (SAM^Med)")
+    prompt.add_argument("volume", type=Path)
+    prompt.add_argument("--labels", type=Path, required=True, help="labelmap on the volume's grid")
+    prompt.add_argument("--label", type=int, required=True, help="label value of the target")
+    prompt.add_argument("--slices", type=_ints, required=True, help="annotated slice indices, e.g. 10,20")
+    prompt.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
+    prompt.add_argument("--name", default=None, help="target name stored in the artefact (default: label_N)")
+    prompt.add_argument("--prompt-type", default="point", choices=("point", "box", "composite"))
+    prompt.add_argument("--scheme", default="center", choices=("uniform", "center", "boundary"))
+    prompt.add_argument("--iterations", type=int, default=40)
+    _model_options(prompt)
+    prompt.set_defaults(run=_train_prompt_encoder)
 
     demo = commands.add_parser("demo", help="embed a CT, segment organs from boxes, write .seg.nrrd + PNG, print Dice")
     demo.add_argument("volume", type=Path, nargs="?", help="default: the sample CT (data directory or download)")
@@ -109,6 +125,13 @@ def _floats(count: int):
         return values
 
     return parse
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated slice indices, got {text!r}") from None
 
 
 def _point(text: str) -> tuple[float, float, int]:
@@ -174,13 +197,43 @@ def _segment(args: argparse.Namespace) -> None:
     prompts = SlicePrompts(
         points=[(x, y) for x, y, _ in args.point], labels=[label for _, _, label in args.point], box=args.box
     )
-    prediction = predictor.predict(prepared, args.axis, args.slice, prompts)
+    learned = None
+    if args.prompt_encoder:
+        from .sammed.learned_prompts import load_prompt_encoder
+
+        learned = load_prompt_encoder(args.prompt_encoder, predictor.backend)
+    prediction = predictor.predict(prepared, args.axis, args.slice, prompts, prompt_encoder=learned)
     mask = np.zeros(volume.array.shape, dtype=bool)
     mask[slice_index(args.axis, args.slice)] = prediction.masks[prediction.best]
     color = tuple(args.color) if args.color else default_color(0)
     path = write_segmentation(volume, [Segment(args.name, mask, color)], args.output)
     print(f"{args.name}: {int(mask.sum())} voxels on slice {args.slice} (predicted IoU "
           f"{float(prediction.scores[prediction.best]):.3f}) -> {path}")
+
+
+def _train_prompt_encoder(args: argparse.Namespace) -> None:
+    from .engine.volume import load_volume, slice_index
+    from .sammed.learned_prompts import PromptTrainingConfig, save_prompt_encoder, train_prompt_encoder
+
+    predictor = _predictor(args)
+    volume = load_volume(args.volume)
+    labels = load_volume(args.labels).array
+    if labels.shape != volume.array.shape:
+        raise InputError(f"the labelmap has shape {labels.shape}, the volume {volume.array.shape}")
+    prepared = predictor.prepare(volume, args.window)
+    annotations = {k: labels[slice_index(args.axis, k)] == args.label for k in args.slices}
+    config = PromptTrainingConfig(prompt_type=args.prompt_type, scheme=args.scheme, iterations=args.iterations)
+    bar = tqdm(total=config.iterations, desc="training prompt encoder", unit="step", dynamic_ncols=True)
+    with bar:
+        def update(step: int, total: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        trained = train_prompt_encoder(predictor, prepared, args.axis, annotations, config, update)
+    name = args.name or f"label_{args.label}"
+    artefact_id = save_prompt_encoder(trained, name, prepared, args.axis, sorted(annotations), predictor)
+    print(f"{artefact_id}: {config.prompt_type} prompt encoder for {name}, {len(annotations)} slice(s), "
+          f"{trained.seconds:.0f} s, loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -209,7 +262,7 @@ def _bench(args: argparse.Namespace) -> None:
     if args.http:
         from .api.bench_http import http_roundtrip_bench
 
-        print_table(http_roundtrip_bench(volume, n=args.decodes), "HTTP round trip (loopback)")
+        print_table(http_roundtrip_bench(volume, n=args.decodes, model=args.model, device=args.device), "HTTP round trip (loopback)")
 
 
 def _weights_list(args: argparse.Namespace) -> None:

@@ -86,19 +86,22 @@ class SamBackend:
         box: Optional[torch.Tensor] = None,
         mask_input: Optional[torch.Tensor] = None,
         multimask: bool = False,
+        prompt_encoder: Optional[nn.Module] = None,
     ) -> Decoded:
         """Decode one slice. Coordinates are model-input pixels: ``points (n, 2)``, ``labels (n,)``
         (1 foreground, 0 background), ``box (4,)``; ``mask_input (1, 4E, 4E)`` logits from a previous decode.
+        ``prompt_encoder`` replaces the model's own (a learned SAM-assist encoder).
         """
         device = self.device
-        sparse, dense = self.prompt_encoder(
+        prompt_encoder = prompt_encoder or self.prompt_encoder
+        sparse, dense = prompt_encoder(
             points=None if points is None else (points[None].to(device, torch.float32), labels[None].to(device, torch.int)),
             boxes=None if box is None else box.view(1, 4).to(device, torch.float32),
             masks=None if mask_input is None else mask_input[None].to(device, torch.float32),
         )
         logits, iou = self.mask_decoder(
             image_embeddings=embedding[None].to(device, torch.float32),
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,

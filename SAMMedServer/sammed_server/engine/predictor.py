@@ -136,11 +136,15 @@ class SlicePredictor:
                 progress(total - len(pending), total)
         return encoded
 
-    def predict(self, prepared: PreparedVolume, axis: int, index: int, prompts: SlicePrompts) -> Prediction:
-        """Decode ``prompts`` on slice ``index`` along ``axis``; masks come back at slice resolution."""
+    def predict(
+        self, prepared: PreparedVolume, axis: int, index: int, prompts: SlicePrompts,
+        prompt_encoder: Optional[torch.nn.Module] = None,
+    ) -> Prediction:
+        """Decode ``prompts`` on slice ``index`` along ``axis``; masks come back at slice resolution.
+        ``prompt_encoder`` is a learned (SAM-assist) encoder to use instead of the model's own."""
         transform = prepared.transform(axis)
         prompts = prompts.validated(transform.rows, transform.cols)
-        if self.backend.box_only and prompts.box is None:
+        if self.backend.box_only and prompts.box is None and prompt_encoder is None:
             raise InputError(
                 f"{self.backend.model_id} was trained with box prompts only; points alone give no mask",
                 "draw a box first (points then refine it), or use a SAM model or a learned point prompt encoder",
@@ -158,7 +162,7 @@ class SlicePredictor:
             if mask_input.numel() != size * size:
                 raise InputError(f"mask input must be {size}×{size} low-resolution logits, got shape {tuple(mask_input.shape)}")
             mask_input = mask_input.reshape(1, size, size)
-        decoded = self.backend.decode(embedding, points, labels, box, mask_input, prompts.multimask)
+        decoded = self.backend.decode(embedding, points, labels, box, mask_input, prompts.multimask, prompt_encoder)
         slice_logits = transform.logits_to_slice(decoded.low_res_logits)
         return Prediction(
             masks=(slice_logits > 0).numpy(),

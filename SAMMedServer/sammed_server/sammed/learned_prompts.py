@@ -1,0 +1,175 @@
+"""SAM-assist: a prompt encoder fine-tuned on a few annotated slices, image encoder and mask decoder frozen.
+
+Training runs on cached embeddings. Every step draws fresh random prompts from each annotated slice
+(points by the configured scheme, jittered boxes, or both) and minimises Dice + cross-entropy between
+the frozen decoder's output and the annotation, so only the prompt encoder learns the target.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..artefacts import load_artefact, save_artefact
+from ..engine.backend import SamBackend
+from ..engine.predictor import PreparedVolume, SlicePredictor
+from ..errors import CancelledError, InputError
+from ..training.losses import dice_ce_loss
+from .prompt_sampling import SCHEMES, jittered_box, sample_point_prompt
+
+PROMPT_TYPES = ("point", "box", "composite")
+ARTEFACT_KIND = "prompt_encoders"
+
+
+@dataclass(frozen=True)
+class PromptTrainingConfig:
+    """How prompts are sampled and how long the prompt encoder trains."""
+
+    prompt_type: str = "point"
+    scheme: str = "center"
+    max_points: int = 6  # n ~ U[1, max_points) points per prompt
+    d_in: float = 2.0  # box jitter range in slice pixels: each side moves in [-d_in, d_out]
+    d_out: float = 6.0
+    iterations: int = 120
+    prompts_per_slice: int = 4
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def check(self) -> "PromptTrainingConfig":
+        if self.prompt_type not in PROMPT_TYPES:
+            raise InputError(f"prompt type must be one of {PROMPT_TYPES}, got {self.prompt_type!r}")
+        if self.scheme not in SCHEMES:
+            raise InputError(f"point scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.iterations < 1 or self.prompts_per_slice < 1 or self.max_points < 2:
+            raise InputError("iterations and prompts_per_slice must be ≥ 1 and max_points ≥ 2")
+        return self
+
+
+@dataclass
+class TrainedPromptEncoder:
+    module: nn.Module
+    config: PromptTrainingConfig
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def manifest(self, prepared: PreparedVolume, axis: int, slices: list[int], predictor: SlicePredictor) -> dict:
+        return {
+            "base_model": predictor.backend.model_id,
+            "base_weights_sha256": predictor.backend.weights_sha256,
+            "prompt_type": self.config.prompt_type,
+            "config": asdict(self.config),
+            "preprocessing": prepared.preprocessing.describe(),
+            "training": {"volume": prepared.volume.content_hash, "axis": axis, "slices": slices,
+                         "seconds": round(self.seconds, 2), "losses": [round(v, 4) for v in self.losses]},
+        }
+
+
+def train_prompt_encoder(
+    predictor: SlicePredictor,
+    prepared: PreparedVolume,
+    axis: int,
+    annotations: Mapping[int, np.ndarray],
+    config: PromptTrainingConfig = PromptTrainingConfig(),
+    progress: Optional[Callable[[int, int, float], None]] = None,
+    cancel: Optional[threading.Event] = None,
+) -> TrainedPromptEncoder:
+    """Fine-tune a copy of the model's prompt encoder on ``annotations`` ({slice index: binary mask})."""
+    config.check()
+    slices = [k for k, mask in annotations.items() if np.asarray(mask).any()]
+    if not slices:
+        raise InputError("no annotated slice to learn from: every given mask is empty")
+    backend = predictor.backend
+    transform = prepared.transform(axis)
+    embeddings = {k: predictor.embedding(prepared, axis, k).float()[None] for k in slices}
+    targets = {k: _target(transform, annotations[k], backend.mask_input_size) for k in slices}
+    masks = {k: np.asarray(annotations[k], bool) for k in slices}
+
+    encoder = copy.deepcopy(backend.prompt_encoder).cpu().train().requires_grad_(True)
+    decoder = backend.mask_decoder
+    device = backend.device
+    encoder.to(device)
+    optimiser = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.learning_rate)
+    rng = np.random.default_rng(config.seed)
+    result = TrainedPromptEncoder(encoder, config)
+    started = time.perf_counter()
+    for step in range(config.iterations):
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("prompt encoder training was cancelled")
+        optimiser.zero_grad()
+        loss = torch.zeros((), device=device)
+        for k in slices:
+            points, labels, boxes = _sample_prompts(masks[k], config, rng, transform)
+            sparse, dense = encoder(
+                points=None if points is None else (points.to(device), labels.to(device)),
+                boxes=None if boxes is None else boxes.to(device),
+                masks=None,
+            )
+            logits, _ = decoder(
+                image_embeddings=embeddings[k].to(device),
+                image_pe=encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            target = targets[k].to(device).expand(logits.shape[0], -1, -1)
+            loss = loss + dice_ce_loss(logits[:, 0], target) / len(slices)
+        loss.backward()
+        optimiser.step()
+        result.losses.append(loss.item())
+        if progress:
+            progress(step + 1, config.iterations, result.losses[-1])
+    result.seconds = time.perf_counter() - started
+    encoder.eval().requires_grad_(False)
+    return result
+
+
+def _target(transform, mask: np.ndarray, resolution: int) -> torch.Tensor:
+    """The annotation in the decoder's low-resolution model space ``(r, r)``, as 0/1."""
+    model = transform.image_to_model(np.asarray(mask, np.float32))
+    low = F.interpolate(model[None], size=(resolution, resolution), mode="area")[0, 0]
+    return (low > 0.5).float()
+
+
+def _sample_prompts(mask: np.ndarray, config: PromptTrainingConfig, rng: np.random.Generator, transform):
+    """``prompts_per_slice`` random prompts in model coordinates; points padded with label −1 (SAM's "no point")."""
+    count = config.prompts_per_slice
+    points = labels = boxes = None
+    if config.prompt_type in ("point", "composite"):
+        drawn = [sample_point_prompt(mask, config.max_points, config.scheme, rng) for _ in range(count)]
+        width = max(len(p) for p, _ in drawn)
+        points = torch.zeros(count, width, 2)
+        labels = -torch.ones(count, width, dtype=torch.int)
+        for i, (xy, lab) in enumerate(drawn):
+            points[i, : len(xy)] = torch.from_numpy(transform.points_to_model(xy)).float()
+            labels[i, : len(lab)] = torch.from_numpy(lab).int()
+    if config.prompt_type in ("box", "composite"):
+        boxes = torch.stack([
+            torch.from_numpy(transform.box_to_model(jittered_box(mask, config.d_in, config.d_out, rng))).float()
+            for _ in range(count)
+        ])
+    return points, labels, boxes
+
+
+def save_prompt_encoder(
+    trained: TrainedPromptEncoder, name: str, prepared: PreparedVolume, axis: int, slices: list[int],
+    predictor: SlicePredictor,
+) -> str:
+    """Store a trained encoder as an artefact (reusable on other volumes) and return its id."""
+    state = {k: v.detach().cpu() for k, v in trained.module.state_dict().items()}
+    return save_artefact(ARTEFACT_KIND, name, state, trained.manifest(prepared, axis, slices, predictor))
+
+
+def load_prompt_encoder(artefact_id: str, backend: SamBackend) -> nn.Module:
+    """A stored encoder, checked against ``backend``'s weights, ready for :meth:`SlicePredictor.predict`."""
+    state, _ = load_artefact(ARTEFACT_KIND, artefact_id, backend.weights_sha256)
+    encoder = copy.deepcopy(backend.prompt_encoder)
+    encoder.load_state_dict(state)
+    return encoder.to(backend.device).eval()
