@@ -152,8 +152,9 @@ def _predictor(args: argparse.Namespace):
     return SlicePredictor(backend, EmbeddingCache(embedding_cache_dir(), memory_cache_bytes()))
 
 
-def _progress_bar(description: str, unit: str):
-    bar = tqdm(desc=description, unit=unit, dynamic_ncols=True)
+def _progress_bar(description: str, unit: str, **options):
+    """A tqdm bar and a ``(done, total)`` callback that drives it."""
+    bar = tqdm(desc=description, unit=unit, dynamic_ncols=True, **options)
 
     def update(done: int, total: Optional[int]) -> None:
         bar.total = total
@@ -283,13 +284,8 @@ def _weights_download(args: argparse.Namespace) -> None:
     if url is None:
         raise InputError(f"{spec.model_id} has no download address", f"place {spec.checkpoint_name} in the weights folder or pass --url")
     destination = default_checkpoint_path(spec)
-    bar = tqdm(desc=spec.checkpoint_name, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True)
+    bar, update = _progress_bar(spec.checkpoint_name, "B", unit_scale=True, unit_divisor=1024)
     with bar:
-        def update(done: int, total: Optional[int]) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
         download(url, destination, spec.sha256, update)
     print(f"{spec.model_id}: {destination} (sha256 verified)" if spec.sha256 else f"{spec.model_id}: {destination}")
 
