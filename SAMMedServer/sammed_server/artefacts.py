@@ -51,7 +51,7 @@ def read_manifest(kind: str, artefact_id: str, root: Optional[Path] = None) -> d
     path = (root or artefacts_dir()) / kind / artefact_id / "manifest.json"
     if not path.is_file():
         raise UnknownArtefactError(f"no {kind.replace('_', ' ')} named {artefact_id!r}",
-                                   f"list them with GET /v1/artefacts or look in {path.parent.parent}")
+                                   f"look in {path.parent.parent}")
     return json.loads(path.read_text())
 
 
@@ -70,7 +70,3 @@ def load_artefact(kind: str, artefact_id: str, base_weights_sha256: str,
         )
     return torch.load(weights, map_location="cpu", weights_only=True), manifest
 
-
-def list_artefacts(kind: str, root: Optional[Path] = None) -> list[dict[str, Any]]:
-    folder = (root or artefacts_dir()) / kind
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*/manifest.json"))] if folder.exists() else []

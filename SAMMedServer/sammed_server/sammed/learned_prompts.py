@@ -15,7 +15,6 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..artefacts import load_artefact, save_artefact
@@ -133,9 +132,7 @@ def train_prompt_encoder(
 
 def _target(transform, mask: np.ndarray, resolution: int) -> torch.Tensor:
     """The annotation in the decoder's low-resolution model space ``(r, r)``, as 0/1."""
-    model = transform.image_to_model(np.asarray(mask, np.float32))
-    low = F.interpolate(model[None], size=(resolution, resolution), mode="area")[0, 0]
-    return (low > 0.5).float()
+    return (transform.mask_to_model(mask, resolution)[0] > 0).float()
 
 
 def _sample_prompts(mask: np.ndarray, config: PromptTrainingConfig, rng: np.random.Generator, transform):
