@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/co
 SAMMED_DATA_DIR ?= ../shared/data
 export SAMMED_DATA_DIR
 
-.PHONY: venv venv-slicer demo test test-server test-slicer bench clean
+.PHONY: venv venv-slicer venv-view demo test test-server test-slicer test-view bench clean
 
 venv: $(VENV)/.installed
 
@@ -37,10 +37,26 @@ $(SLICER_VENV)/.installed:
 test-slicer: venv venv-slicer
 	$(SLICER_VENV)/bin/python -m pytest Testing/slicer
 
-test: test-server test-slicer
+# View tests: a real offscreen Red slice view from trame-slicer (pins its own slicer-core 5.11 + VTK, so its own
+# venv), rendered through EGL on Mesa: no GPU or display, but the EGL/Mesa system libraries are installed if absent.
+VIEW_VENV := .venv-view
+EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
+
+venv-view: $(VIEW_VENV)/.installed
+
+$(VIEW_VENV)/.installed:
+	dpkg -s $(EGL_PACKAGES) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(EGL_PACKAGES))
+	$(PYTHON) -m venv $(VIEW_VENV)
+	$(VIEW_VENV)/bin/pip install --disable-pip-version-check -q 'trame-slicer[standalone]' numpy pytest
+	touch $@
+
+test-view: venv venv-view
+	VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow $(VIEW_VENV)/bin/python -m pytest Testing/view
+
+test: test-server test-slicer test-view
 
 bench: venv
 	$(VENV)/bin/sammed-server bench --http
 
 clean:
-	rm -rf $(VENV) $(SLICER_VENV) out .pytest_cache
+	rm -rf $(VENV) $(SLICER_VENV) $(VIEW_VENV) out .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -60,3 +61,24 @@ def predictor(backend, shared_cache_dir):
     from sammed_server.engine.predictor import SlicePredictor
 
     return SlicePredictor(backend, EmbeddingCache(shared_cache_dir, 2**30))
+
+
+@pytest.fixture(scope="session")
+def worker(shared_cache_dir: Path) -> Iterator[Any]:
+    """A real ``sammed-server serve`` on a free loopback port, started by the Slicer Lib's ServerProcess; yields
+    the Lib's client. For the Slicer-side tests, whose conftest puts ``SAMMedSlicer/`` on ``sys.path``."""
+    from SAMMedSlicerLib.client import SAMMedClient
+    from SAMMedSlicerLib.server_process import ServerProcess, free_port, serve_command
+
+    executable = os.environ.get("SAMMED_SERVER", str(REPO / ".venv" / "bin" / "sammed-server"))
+    if not Path(executable).is_file():
+        pytest.skip(f"no worker program at {executable} (run `make venv` or set SAMMED_SERVER)")
+    port = free_port()
+    client = SAMMedClient(f"http://127.0.0.1:{port}", timeout=300)
+    process = ServerProcess(
+        serve_command(executable, port=port, device="cpu"), client.health,
+        env={"SAMMED_CACHE_DIR": str(shared_cache_dir)}, log_path=str(shared_cache_dir / "worker.log"),
+    )
+    process.start(timeout=300)
+    yield client
+    process.stop()

@@ -7,11 +7,10 @@ project environment (``$SAMMED_SERVER``, default ``.venv/bin/sammed-server``) on
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -115,21 +114,3 @@ def segmentation(mrml: Mrml) -> Any:
     return node
 
 
-@pytest.fixture(scope="session")
-def worker(shared_cache_dir: Path) -> Iterator[Any]:
-    """A real ``sammed-server serve`` on a free loopback port, started by the Lib's ServerProcess; yields the client."""
-    from SAMMedSlicerLib.client import SAMMedClient
-    from SAMMedSlicerLib.server_process import ServerProcess, free_port, serve_command
-
-    executable = os.environ.get("SAMMED_SERVER", str(REPO / ".venv" / "bin" / "sammed-server"))
-    if not Path(executable).is_file():
-        pytest.skip(f"no worker program at {executable} (run `make venv` or set SAMMED_SERVER)")
-    port = free_port()
-    client = SAMMedClient(f"http://127.0.0.1:{port}", timeout=300)
-    process = ServerProcess(
-        serve_command(executable, port=port, device="cpu"), client.health,
-        env={"SAMMED_CACHE_DIR": str(shared_cache_dir)}, log_path=str(shared_cache_dir / "worker.log"),
-    )
-    process.start(timeout=300)
-    yield client
-    process.stop()
