@@ -228,13 +228,21 @@ class Session:
                 return
             if event == "PointEndInteractionEvent":
                 self._roi_dragging = False
-            elif self._roi_dragging:
-                return
+            elif self._roi_dragging or (event == "ModifiedEvent" and self._being_placed(roi)):
+                return  # a box still being drawn or dragged is not a prompt yet
             if roi.GetNumberOfDefinedControlPoints() == 0 or sorted(roi.GetSize())[1] <= 0:
                 return  # not placed yet, or still flat
             self.add_roi(roi)
 
         return handle
+
+    def _being_placed(self, node: Any) -> bool:
+        """Whether the user is placing ``node`` right now (Place mode with it as the active place node)."""
+        interaction = self.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        selection = self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        return (interaction is not None and selection is not None
+                and interaction.GetCurrentInteractionMode() == interaction.Place
+                and selection.GetActivePlaceNodeID() == node.GetID())
 
     # prompts -----------------------------------------------------------------------------------
     def add_point(self, kind: str, ras: Sequence[float], node_id: str = "", point_id: str = "") -> Optional[SliceEdit]:
