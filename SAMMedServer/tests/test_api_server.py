@@ -73,7 +73,7 @@ def test_loopback_detection():
 
 def test_refuses_a_public_address_without_token():
     done = subprocess.run(
-        [sys.executable, "-m", "sammed_server.api.server", "--host", "0.0.0.0", "--port", "0"],
+        [sys.executable, "-m", "sammed_server.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2 and "refusing to listen on 0.0.0.0 without an API token" in done.stderr

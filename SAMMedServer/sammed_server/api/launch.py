@@ -29,7 +29,7 @@ class ServerProcess:
         self._ready = threading.Event()
 
     def start(self) -> str:
-        command = [sys.executable, "-m", "sammed_server.api.server", "--host", "127.0.0.1", "--port", "0", *self.args]
+        command = [sys.executable, "-m", "sammed_server.cli", "serve", "--host", "127.0.0.1", "--port", "0", *self.args]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, bufsize=1
         )

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import socket
-import sys
-from typing import Optional, Sequence
+from typing import Optional
 
 import uvicorn
 
-from ..errors import InputError, SAMMedError
+from ..errors import InputError
 from .app import create_app
 from .protocol import PROTOCOL_VERSION, READY_MARKER
 from .service import Service
@@ -76,23 +74,3 @@ def _listen(host: str, port: int) -> socket.socket:
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m sammed_server.api.server``: the same as ``sammed-server serve``."""
-    parser = argparse.ArgumentParser(prog="python -m sammed_server.api.server", description=serve.__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--token", default=None)
-    parser.add_argument("--model", default="litemedsam")
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
-    try:
-        serve(args.host, args.port, args.token, args.model, args.device)
-    except SAMMedError as exc:
-        print(f"sammed-server: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
