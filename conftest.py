@@ -36,6 +36,16 @@ def ct_labels_path(data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mr_path(data: Path) -> Path:
+    return data / "totalsegmentator" / "example_mr_sm.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def mr_labels_path(data: Path) -> Path:
+    return data / "totalsegmentator" / "example_seg_mr.nii.gz"
+
+
+@pytest.fixture(scope="session")
 def label_names(data: Path) -> dict[str, dict[int, str]]:
     """``{labelmap file name: {value: organ}}`` from the data's labels.json."""
     raw = json.loads((data / "totalsegmentator" / "labels.json").read_text())
@@ -44,7 +54,12 @@ def label_names(data: Path) -> dict[str, dict[int, str]]:
 
 @pytest.fixture(scope="session")
 def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One on-disk embedding cache for the whole run, so each slice is encoded once across tests and processes."""
+    """One on-disk embedding cache for the whole run, so each slice is encoded once across tests and processes.
+    ``$SAMMED_TEST_CACHE_DIR`` keeps it between runs (for development; CI starts empty)."""
+    kept = os.environ.get("SAMMED_TEST_CACHE_DIR")
+    if kept:
+        Path(kept).mkdir(parents=True, exist_ok=True)
+        return Path(kept)
     return tmp_path_factory.mktemp("embeddings")
 
 
@@ -77,7 +92,7 @@ def worker(shared_cache_dir: Path) -> Iterator[Any]:
     client = SAMMedClient(f"http://127.0.0.1:{port}", timeout=300)
     process = ServerProcess(
         serve_command(executable, port=port, device="cpu"), client.health,
-        env={"SAMMED_CACHE_DIR": str(shared_cache_dir)}, log_path=str(shared_cache_dir / "worker.log"),
+        env={"SAMMED_CACHE_DIR": str(shared_cache_dir), "SAMMED_HOME": str(shared_cache_dir / "home")}, log_path=str(shared_cache_dir / "worker.log"),
     )
     process.start(timeout=300)
     yield client

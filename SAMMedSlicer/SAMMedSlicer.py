@@ -143,6 +143,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.shortcuts: list[Any] = []
         self.timer: Optional[Any] = None
         self._focus: Optional[tuple[int, int]] = None
+        self._encoderTypes: dict[str, str] = {}
 
     def setup(self) -> None:
         super().setup()
@@ -169,6 +170,17 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.clicked.connect(lambda checked, r=role: self.placePrompt(r) if checked else self.stopPlacing())
         self.ui.undoButton.clicked.connect(self.onUndo)
         self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
+        self.ui.promptTypeComboBox.addItems(["point", "box", "composite"])
+        self.ui.trainPromptButton.clicked.connect(self.onTrainPrompt)
+        self.ui.promptEncoderComboBox.currentIndexChanged.connect(self.onPromptEncoderChanged)
+        for direction, button in (("down", self.ui.propagateDownButton), ("both", self.ui.propagateBothButton),
+                                  ("up", self.ui.propagateUpButton)):
+            button.clicked.connect(lambda checked=False, d=direction: self.onPropagate(d))
+        self.ui.autoSapnetButton.clicked.connect(self.onAutoSegmentSapnet)
+        self.ui.autoModelButton.clicked.connect(self.onAutoSegmentModel)
+        self.ui.cancelTaskButton.clicked.connect(self.onCancelTask)
+        self.ui.applyResultButton.clicked.connect(self.onApplyResult)
+        self.ui.discardResultButton.clicked.connect(self.onDiscardResult)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
@@ -303,7 +315,108 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.addItems(models)
         if wanted in models:
             self.ui.modelComboBox.setCurrentText(wanted)
+        self._refreshArtefacts()
         self._startVolume()
+
+    # workflows (worker jobs, polled by the timer; results previewed, then applied or discarded) ---------------
+    def onTrainPrompt(self) -> None:
+        self._runTask(lambda session: session.train_prompt(
+            self.ui.trainSlicesSpinBox.value, self.ui.promptTypeComboBox.currentText, self._viewedSlice()[0]))
+
+    def onPromptEncoderChanged(self, index: int) -> None:
+        if self.logic.session is not None and index >= 0:
+            artefact_id = self.ui.promptEncoderComboBox.itemData(index) or ""
+            self.logic.session.use_prompt_encoder(artefact_id or None, self._encoderTypes.get(artefact_id, ""))
+
+    def onPropagate(self, direction: str) -> None:
+        self._runTask(lambda session: session.propagate(direction, *self._viewedSlice()))
+
+    def onAutoSegmentSapnet(self) -> None:
+        self._runTask(lambda session: session.auto_segment_sapnet(self._viewedSlice()[0]))
+
+    def onAutoSegmentModel(self) -> None:
+        artefact_id = self.ui.autoModelComboBox.currentData
+        if not artefact_id:
+            self._message("no trained H-SAM / MA-SAM model: train one with `sammed-server train hsam|masam`")
+            return
+        self._runTask(lambda session: session.auto_segment_model(artefact_id))
+
+    def onCancelTask(self) -> None:
+        if self.logic.session is not None:
+            self.logic.session.cancel_task()
+
+    def onApplyResult(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not apply the result", waitCursor=True):
+            self.logic.session.apply_pending()
+        self._message("applied: Undo (Ctrl+Z) takes it back as a whole")
+        self._showPending(False)
+
+    def onDiscardResult(self) -> None:
+        self.logic.session.discard_pending()
+        self._showPending(False)
+
+    def _runTask(self, start: Any) -> None:
+        session = self.logic.session
+        if session is None:
+            self._message("connect to a worker and choose a volume first")
+            return
+        try:
+            start(session)
+        except (RuntimeError, SAMMedClientError) as exc:
+            self._message(str(exc))
+            return
+        self.ui.cancelTaskButton.enabled = True
+        self.ui.taskProgressBar.value = 0
+
+    def _pollTask(self, session: Any) -> None:
+        task = session.task
+        if task is None or not self.ui.cancelTaskButton.enabled:
+            return
+        state, fraction, message = task.poll()
+        self.ui.taskProgressBar.value = int(100 * fraction)
+        loss = f" (loss {task.losses[0]:.3f} → {task.losses[-1]:.3f})" if task.losses else ""
+        self.ui.taskLabel.text = message + loss
+        if state == "running":
+            return
+        self.ui.cancelTaskButton.enabled = False
+        if state == "succeeded":
+            self._refreshArtefacts()
+            self._showPending(session.pending is not None)
+
+    def _showPending(self, waiting: bool) -> None:
+        self.ui.applyResultButton.enabled = waiting
+        self.ui.discardResultButton.enabled = waiting
+
+    def _viewedSlice(self) -> tuple[int, int]:
+        """(axis, index) of the volume slice in the Red view."""
+        return self.logic.session.slice_of_view(slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode())
+
+    def _refreshArtefacts(self) -> None:
+        """Fill the learned-encoder and automatic-model lists from the worker (this model's weights only)."""
+        client = self.logic.client
+        if client is None:
+            return
+        model = self.ui.modelComboBox.currentText
+        encoders = self.ui.promptEncoderComboBox
+        selected = encoders.currentData
+        encoders.blockSignals(True)
+        encoders.clear()
+        encoders.addItem("the model's own prompt encoder", "")
+        self._encoderTypes = {}
+        for item in client.artefacts("prompt_encoders"):
+            if item.base_model == model:
+                self._encoderTypes[item.id] = item.manifest.get("prompt_type", "point")
+                encoders.addItem(f"{item.name}: {self._encoderTypes[item.id]}, {item.created}", item.id)
+        session = self.logic.session
+        if session is not None and session.prompt_encoder:
+            selected = session.prompt_encoder  # a freshly trained encoder is the one in use
+        encoders.setCurrentIndex(max(0, encoders.findData(selected)))
+        encoders.blockSignals(False)
+        models = self.ui.autoModelComboBox
+        models.clear()
+        for item in client.artefacts("auto_models"):
+            labels = ", ".join(label["name"] for label in item.manifest.get("labels", []))
+            models.addItem(f"{item.name} ({item.manifest.get('mode', '?')}: {labels})", item.id)
 
     # prompts -------------------------------------------------------------------------------------
     def placePrompt(self, role: str) -> None:
@@ -351,6 +464,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if session is None or session.volume_node is None:
             return
         try:
+            self._pollTask(session)
             progress = session.progress()
             self.ui.precomputeProgressBar.value = int(100 * progress.fraction)
             self.ui.precomputeProgressBar.setFormat(f"{progress.state} %p%")

@@ -70,3 +70,24 @@ def load_artefact(kind: str, artefact_id: str, base_weights_sha256: str,
         )
     return torch.load(weights, map_location="cpu", weights_only=True), manifest
 
+
+
+def list_artefacts(kind: str, root: Optional[Path] = None) -> list[dict[str, Any]]:
+    """Manifests of every stored artefact of ``kind``, newest first (unreadable folders are skipped)."""
+    folder = (root or artefacts_dir()) / kind
+    manifests = []
+    for path in folder.glob("*/manifest.json") if folder.is_dir() else ():
+        try:
+            manifests.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(manifests, key=lambda m: m.get("created", ""), reverse=True)
+
+
+def artefact_kind(artefact_id: str, kinds: tuple[str, ...], root: Optional[Path] = None) -> str:
+    """Which of ``kinds`` holds an artefact named ``artefact_id`` (for commands that take any model id)."""
+    for kind in kinds:
+        if ((root or artefacts_dir()) / kind / artefact_id / "manifest.json").is_file():
+            return kind
+    raise UnknownArtefactError(f"no stored model named {artefact_id!r} (looked in {', '.join(kinds)})",
+                               f"look in {root or artefacts_dir()}")

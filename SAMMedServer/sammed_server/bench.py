@@ -74,6 +74,31 @@ def run_bench(
     return rows
 
 
+def prompt_training_bench(
+    volume_path: Path, labels_path: Path, model_id: str = "litemedsam", checkpoint: Optional[Path] = None,
+    device: Optional[str] = None,
+) -> list[Row]:
+    """Train a point prompt encoder with the CLI's default settings (`train prompt-encoder`: 40 iterations) on
+    2 slices of the labelmap's largest label, drawn as `evaluate` draws them; seconds and loss first → last."""
+    from .evaluation.protocols import training_slices
+    from .evaluation.prompt_simulation import largest_slice
+    from .sammed.learned_prompts import PromptTrainingConfig, train_prompt_encoder
+
+    volume, labels = load_volume(volume_path), load_volume(labels_path).array
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    target = labels == values[np.argmax(counts)]
+    slices = [k for k in range(target.shape[0]) if target[k].any()]
+    picked = training_slices(slices, 2, np.random.default_rng(0)) if len(slices) > 1 else [largest_slice(target)]
+    config = PromptTrainingConfig(iterations=40)
+    with tempfile.TemporaryDirectory() as root:
+        predictor = SlicePredictor(load_backend(model_id, checkpoint, device), EmbeddingCache(Path(root), 2**30))
+        prepared = predictor.prepare(volume)
+        trained = train_prompt_encoder(predictor, prepared, 2, {k: target[k] for k in picked}, config)
+    return [(f"train point prompt encoder on 2 slices (label {values[np.argmax(counts)]}, slices {picked}, "
+             f"{config.iterations} it × {config.prompts_per_slice} prompts)",
+             f"{trained.seconds:.1f} s, loss {trained.losses[0]:.3f} → {trained.losses[-1]:.3f}")]
+
+
 def print_table(rows: list[Row], title: str) -> None:
     width = max(len(name) for name, _ in rows)
     print(f"\n{title}\n" + "-" * (width + 24))

@@ -184,10 +184,42 @@ class JobStatus:
     created: float
     started: Optional[float]
     finished: Optional[float]
+    metrics: dict = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
         return self.state in ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class ArtefactInfo:
+    """A stored prompt encoder (``prompt_encoders``), SAP-Net (``sapnets``) or H-SAM/MA-SAM model (``auto_models``)."""
+
+    id: str
+    kind: str
+    name: str
+    base_model: str
+    created: str
+    manifest: dict = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SliceMasks:
+    """Result of a propagation: ``masks (n, rows, cols)`` for ``indices`` along ``axis``; why each direction stopped."""
+
+    axis: int
+    indices: list
+    masks: np.ndarray = field(repr=False)
+    scores: list
+    stopped: dict
+
+
+@dataclass(frozen=True)
+class VolumeMasks:
+    """Result of an auto-segmentation: ``masks (L, K, J, I)`` bool, one per entry of ``labels`` (value, name, color)."""
+
+    labels: list
+    masks: np.ndarray = field(repr=False)
 
 
 # encoding ----------------------------------------------------------------------------------------
@@ -199,6 +231,12 @@ def decode_array(encoded: dict) -> np.ndarray:
         count = int(np.prod(shape))
         return np.unpackbits(np.frombuffer(raw, np.uint8), count=count).astype(bool).reshape(shape)
     return np.frombuffer(raw, np.dtype(encoded["dtype"]).newbyteorder("<")).reshape(shape)
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A bool array → the server's ``EncodedArray`` (packbits, big-endian bits, C order + zlib + base64)."""
+    bits = np.packbits(np.ascontiguousarray(mask, dtype=bool).ravel())
+    return {"shape": list(np.shape(mask)), "dtype": "bool", "data": base64.b64encode(zlib.compress(bits.tobytes())).decode()}
 
 
 def encode_float(array: np.ndarray, dtype: str = "float16") -> dict:
@@ -332,18 +370,20 @@ class SAMMedClient:
         multimask: bool = False,
         model: Optional[str] = None,
         window: Optional[str] = None,
+        prompt_encoder: Optional[str] = None,
     ) -> PredictResult:
         """Segment slice ``index`` along IJK ``axis`` from points (x, y) with labels (1 = +, 0 = −) and/or a box.
 
         ``use_previous_mask`` refines with the low-res logits the server kept from this ``session``'s
         last predict on the same slice (none yet: no mask input); ``mask_input`` gives such logits
         explicitly. A slice whose embedding is not cached is encoded first (seconds on a CPU).
+        ``prompt_encoder`` names a learned (SAM-assist) prompt encoder from :meth:`train`.
         """
         request: dict[str, Any] = {
             "axis": int(axis), "index": int(index), "points": [[float(x), float(y)] for x, y in points],
             "labels": [int(v) for v in labels], "box": None if box is None else [float(v) for v in box],
             "use_previous_mask": bool(use_previous_mask), "session": session, "multimask": bool(multimask),
-            "model": model, "window": window,
+            "model": model, "window": window, "prompt_encoder": prompt_encoder,
         }
         if mask_input is not None:
             request["mask_input"] = encode_float(mask_input)
@@ -373,6 +413,70 @@ class SAMMedClient:
             "model": model, "window": window,
         }
         return self._call("POST", f"/volumes/{_quote(volume_id)}/embed", request)["id"]
+
+    def train(
+        self,
+        volume_id: str,
+        kind: str,
+        annotations: dict,
+        axis: int = 2,
+        name: str = "target",
+        prompt_type: str = "point",
+        iterations: Optional[int] = None,
+        model: Optional[str] = None,
+        window: Optional[str] = None,
+    ) -> str:
+        """Start learning a target from ``annotations`` ({slice index: (rows, cols) bool}) along ``axis``:
+        ``kind`` = ``prompt_encoder`` (SAM-assist) or ``sapnet`` (SAM-auto). Returns the job id; the finished
+        job's result has ``artefact_id`` and its ``metrics["loss"]`` is the training curve."""
+        request = {
+            "kind": kind, "annotations": _annotated(annotations, axis), "name": name, "prompt_type": prompt_type,
+            "iterations": iterations, "model": model, "window": window,
+        }
+        return self._call("POST", f"/volumes/{_quote(volume_id)}/train", request)["id"]
+
+    def propagate(
+        self,
+        volume_id: str,
+        axis: int,
+        index: int,
+        mask: np.ndarray,
+        direction: str = "both",
+        prompt_encoder: Optional[str] = None,
+        max_slices: Optional[int] = None,
+        model: Optional[str] = None,
+        window: Optional[str] = None,
+    ) -> str:
+        """Start carrying ``mask`` (the accepted mask of slice ``index``) to the next slices: ``up`` (increasing
+        index), ``down`` or ``both``. Returns the job id; read the result with :meth:`propagation_result`."""
+        request = {
+            "axis": int(axis), "index": int(index), "mask": encode_mask(mask), "direction": direction,
+            "prompt_encoder": prompt_encoder, "max_slices": max_slices, "model": model, "window": window,
+        }
+        return self._call("POST", f"/volumes/{_quote(volume_id)}/propagate", request)["id"]
+
+    def auto_segment(
+        self,
+        volume_id: str,
+        artefact: str,
+        prompt_encoder: Optional[str] = None,
+        annotations: Optional[dict] = None,
+        axis: int = 2,
+        model: Optional[str] = None,
+        window: Optional[str] = None,
+    ) -> str:
+        """Start segmenting the whole volume with a SAP-Net (+ learned prompt encoder; ``annotations`` are kept as
+        drawn) or an H-SAM / MA-SAM model. Returns the job id; read the result with :meth:`volume_masks`."""
+        request = {
+            "artefact": artefact, "prompt_encoder": prompt_encoder, "axis": int(axis), "model": model,
+            "window": window, "annotations": None if not annotations else _annotated(annotations, axis),
+        }
+        return self._call("POST", f"/volumes/{_quote(volume_id)}/auto-segment", request)["id"]
+
+    def artefacts(self, kind: Optional[str] = None) -> list:
+        """Stored prompt encoders / SAP-Nets / automatic models, newest first."""
+        query = "" if kind is None else f"?kind={_quote(kind)}"
+        return [ArtefactInfo(**item) for item in self._call("GET", f"/artefacts{query}")]
 
     def job(self, job_id: str) -> JobStatus:
         return JobStatus(**self._call("GET", f"/jobs/{_quote(job_id)}"))
@@ -509,6 +613,25 @@ class SAMMedClient:
         return ProtocolMismatchError(
             "not_sammed", f"{self.base_url} is not a SAMMed server ({why})", "check the server URL and port"
         )
+
+
+def propagation_result(status: JobStatus) -> SliceMasks:
+    """The masks of a finished propagation job."""
+    result = status.result or {}
+    return SliceMasks(result["axis"], list(result["indices"]), decode_array(result["masks"]), list(result["scores"]),
+                      dict(result["stopped"]))
+
+
+def volume_masks(status: JobStatus) -> VolumeMasks:
+    """The label masks of a finished auto-segmentation job."""
+    result = status.result or {}
+    return VolumeMasks(list(result["labels"]), decode_array(result["masks"]))
+
+
+def _annotated(annotations: dict, axis: int) -> dict:
+    indices = sorted(int(i) for i in annotations)
+    masks = np.stack([np.asarray(annotations[i], bool) for i in indices])
+    return {"axis": int(axis), "indices": indices, "masks": encode_mask(masks)}
 
 
 def _json(raw: bytes) -> Any:

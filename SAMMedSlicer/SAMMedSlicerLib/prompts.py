@@ -132,6 +132,14 @@ class PromptLog:
     def pop(self) -> Optional[Prompt]:
         return self._prompts.pop() if self._prompts else None
 
+    def replace(self, old: Prompt, new: Prompt) -> None:
+        """Put ``new`` where ``old`` is (a moved point keeps its place in the undo order)."""
+        self._prompts[self._prompts.index(old)] = new
+
+    def find(self, node_id: str, point_id: str) -> Optional[Prompt]:
+        """The prompt that came from a markups control point, if any."""
+        return next((p for p in self._prompts if p.node_id == node_id and p.point_id == point_id), None)
+
     def clear(self) -> None:
         self._prompts.clear()
 

@@ -139,11 +139,19 @@ class SegmentSlices:
 
     def read(self, segment_id: str, axis: int, index: int) -> np.ndarray:
         """The segment's voxels on one slice, bool ``(rows, cols)``."""
+        return self._read_extent(segment_id, self.extent(axis, index))[slice_index(axis, 0)]
+
+    def read_volume(self, segment_id: str) -> np.ndarray:
+        """The segment's voxels on the whole volume grid, bool ``(K, J, I)``."""
+        i, j, k = self.dims_ijk
+        return self._read_extent(segment_id, (0, i - 1, 0, j - 1, 0, k - 1))
+
+    def _read_extent(self, segment_id: str, extent: tuple[int, ...]) -> np.ndarray:
+        """The segment's voxels inside an IJK extent of the volume grid, bool ``(k, j, i)``."""
         labelmap = slicer.vtkOrientedImageData()
         slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
             self.segmentation_node, segment_id, labelmap
         )
-        extent = self.extent(axis, index)
         resampled = slicer.vtkOrientedImageData()
         # padding makes the result cover the slice (it may also cover more: the labelmap's own extent)
         slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
@@ -152,7 +160,7 @@ class SegmentSlices:
         have = resampled.GetExtent()
         crop = tuple(slice(extent[2 * a] - have[2 * a], extent[2 * a + 1] - have[2 * a] + 1) for a in (2, 1, 0))
         label = self.segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
-        return (self._array(resampled)[crop] == label)[slice_index(axis, 0)]
+        return self._array(resampled)[crop] == label
 
     def write(self, segment_id: str, axis: int, index: int, mask: np.ndarray) -> None:
         """Make ``mask`` the segment's content on one slice; no other voxel or segment changes."""

@@ -10,18 +10,30 @@ reports on it for a timer in the widget to show.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import vtk
 
 from . import prompts as P
-from .segments import EditSettings, SegmentSlices, SliceEdit
+from .client import decode_array
+from .segments import EditSettings, SegmentSlices, SliceEdit, slice_index
+from .workflows import AppliedResult, BackgroundTask, PendingResult, annotated_slices
 from .volume import dims_ijk, ijk_to_ras, lps_geometry, to_numpy, voxel_array
 
 POINT_KINDS = {"positivePoints": "positive", "negativePoints": "negative"}
 PLANE_TOLERANCE_MM = 1e-2
+
+
+@dataclass
+class MovedPoint:
+    """A dragged point, for undo: the prompt before and after, where it was, and the slice edits it caused."""
+
+    old: P.Prompt
+    new: P.Prompt
+    old_ras: Optional[tuple[float, ...]]
+    edits: list[SliceEdit] = field(default_factory=list)
 
 
 class WorkerClient(Protocol):
@@ -42,6 +54,13 @@ class WorkerClient(Protocol):
     def cancel_job(self, job_id: str) -> Any: ...
 
     def focus_job(self, job_id: str, index: int) -> Any: ...
+
+    def train(self, volume_id: str, kind: str, annotations: dict, **options: Any) -> str: ...
+
+    def propagate(self, volume_id: str, axis: int, index: int, mask: np.ndarray, direction: str = "both",
+                  **options: Any) -> str: ...
+
+    def auto_segment(self, volume_id: str, artefact: str, **options: Any) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -107,7 +126,12 @@ class Session:
         self.segmentation_node: Optional[Any] = None
         self.segment_id = ""
         self.prompts = P.PromptLog()
-        self._undo: list[tuple[P.Prompt, Optional[SliceEdit]]] = []
+        self._undo: list[tuple[Optional[P.Prompt], Any]] = []  # (prompt, SliceEdit), (None, AppliedResult/MovedPoint)
+        self.prompt_encoder: Optional[str] = None  # learned (SAM-assist) prompt encoder used by clicks
+        self.prompt_encoder_type = ""
+        self.task: Optional[BackgroundTask] = None
+        self._placed_at: dict[str, tuple[float, ...]] = {}  # markups point id → its RAS when last predicted
+        self.pending: Optional[PendingResult] = None
         self._observations: list[tuple[Any, int]] = []
         self._nodes: dict[str, Any] = {}
         self._muted = False
@@ -186,6 +210,7 @@ class Session:
                 continue
             if role in POINT_KINDS:
                 self._add_observer(node, "PointPositionDefinedEvent", self._point_handler(POINT_KINDS[role]))
+                self._add_observer(node, "PointEndInteractionEvent", self._point_moved_handler())
             else:
                 for event in ("PointPositionDefinedEvent", "PointStartInteractionEvent", "PointEndInteractionEvent"):
                     self._add_observer(node, event, self._roi_handler(event))
@@ -221,6 +246,16 @@ class Session:
 
         return handle
 
+    def _point_moved_handler(self) -> Callable[[Any, Optional[int]], None]:
+        def handle(node: Any, index: Optional[int]) -> None:
+            if index is None or not 0 <= index < node.GetNumberOfControlPoints():
+                return
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPositionWorld(index, position)
+            self.move_point(node.GetID(), node.GetNthControlPointID(index), position)
+
+        return handle
+
     def _roi_handler(self, event: str) -> Callable[[Any, Optional[int]], None]:
         def handle(roi: Any, _index: Optional[int]) -> None:
             if event == "PointStartInteractionEvent":
@@ -250,7 +285,35 @@ class Session:
         volume = self._require_volume()
         axis = self.axis_at(ras)
         point = P.point_on_slice(np.linalg.inv(ijk_to_ras(volume)), ras, axis, dims_ijk(volume))
+        if point_id:
+            self._placed_at[point_id] = tuple(ras[:3])
         return self.add_prompt(P.Prompt(kind, point.axis, point.index, (point.x, point.y), node_id, point_id))  # type: ignore[arg-type]
+
+    def move_point(self, node_id: str, point_id: str, ras: Sequence[float]) -> bool:
+        """A placed point was dragged to ``ras``: predict its slice again (and its old slice, if it left it, from
+        the prompts left there). Undo moves it back and restores the segments. False if nothing changed."""
+        old = self.prompts.find(node_id, point_id)
+        if old is None:
+            return False
+        volume = self._require_volume()
+        axis = self.axis_at(ras)
+        point = P.point_on_slice(np.linalg.inv(ijk_to_ras(volume)), ras, axis, dims_ijk(volume))
+        new = P.Prompt(old.kind, point.axis, point.index, (point.x, point.y), node_id, point_id)
+        if new == old:
+            return False
+        self.prompts.replace(old, new)
+        moved = MovedPoint(old, new, self._placed_at.get(point_id))
+        try:
+            for where in dict.fromkeys([(new.axis, new.index), (old.axis, old.index)]):
+                edit = self._predict_and_apply(*where, quiet=where != (new.axis, new.index))
+                if edit is not None:
+                    moved.edits.append(edit)
+        except BaseException:
+            self._undo_move(moved)
+            raise
+        self._placed_at[point_id] = tuple(ras[:3])
+        self._undo.append((None, moved))
+        return True
 
     def add_roi(self, roi: Any) -> Optional[SliceEdit]:
         """The ROI as a box on the slice through its centre (ignored when the box did not change)."""
@@ -279,10 +342,17 @@ class Session:
         return edit
 
     def undo(self) -> bool:
-        """Remove the last prompt (and its markups point) and restore the segments as they were before it."""
+        """Remove the last prompt (and its markups point) and restore the segments as they were before it; or take
+        back the last applied propagation / auto-segmentation as a whole."""
         if not self._undo:
             return False
         prompt, edit = self._undo.pop()
+        if isinstance(edit, MovedPoint):
+            self._undo_move(edit)
+            return True
+        if prompt is None:
+            edit.undo(self._slices())
+            return True
         self.prompts.pop()
         if edit is not None:
             self._slices().undo(edit)
@@ -292,6 +362,21 @@ class Session:
         finally:
             self._muted = False
         return True
+
+    def _undo_move(self, moved: "MovedPoint") -> None:
+        """Restore the segments, the prompt and the markups point as they were before a move."""
+        for edit in reversed(moved.edits):
+            self._slices().undo(edit)
+        self.prompts.replace(moved.new, moved.old)
+        node = self.scene.GetNodeByID(moved.old.node_id)
+        index = node.GetNthControlPointIndexByID(moved.old.point_id) if node is not None else -1
+        if index >= 0 and moved.old_ras is not None:
+            self._muted = True
+            try:
+                node.SetNthControlPointPositionWorld(index, *moved.old_ras)
+            finally:
+                self._muted = False
+            self._placed_at[moved.old.point_id] = moved.old_ras
 
     def clear_prompts(self) -> None:
         """Forget all prompts and remove their markups; the segment stays as it is (undo history is cleared)."""
@@ -336,16 +421,143 @@ class Session:
                 axes.append(P.slice_axis(ijk_to_ras(volume), normal))
         return axes
 
+    # workflows (jobs on the worker; poll self.task from a timer) ----------------------------------
+    def train_prompt(self, slice_count: int = 2, prompt_type: str = "point", axis: Optional[int] = None) -> BackgroundTask:
+        """"Train prompt from N slices": learn the selected segment's target from ``slice_count`` of its annotated
+        slices along ``axis``; when done, clicks use the learned prompt encoder."""
+        axis = self.default_axis if axis is None else axis
+        annotations = self._annotations(axis, slice_count)
+        name = self._segment_name()
+        volume_id = self.volume_id
+
+        def done(status: Any) -> str:
+            self.use_prompt_encoder(status.result["artefact_id"], prompt_type)
+            self._notify(f"clicks now use the prompt encoder learned from slices {status.result['slices']}")
+            return status.result["artefact_id"]
+
+        start = lambda _: self.client.train(volume_id, "prompt_encoder", annotations, axis=axis, name=name,
+                                            prompt_type=prompt_type, **self._options())
+        return self._start(BackgroundTask(self.client, f"train {prompt_type} prompt", [("training", start)], done))
+
+    def use_prompt_encoder(self, artefact_id: Optional[str], prompt_type: str = "point") -> None:
+        """Make clicks use a learned prompt encoder (None: the model's own)."""
+        self.prompt_encoder = artefact_id or None
+        self.prompt_encoder_type = prompt_type if artefact_id else ""
+
+    def propagate(self, direction: str, axis: int, index: int) -> BackgroundTask:
+        """Carry the selected segment's mask on slice ``index`` to the next slices (``up``, ``down``, ``both``);
+        the result waits in :attr:`pending` as a preview."""
+        mask = self._slices().read(self._require_segment(), axis, index)
+        if not mask.any():
+            raise RuntimeError(f"the segment is empty on slice {index}: segment this slice first, then propagate")
+        volume_id = self.volume_id
+        start = lambda _: self.client.propagate(volume_id, axis, index, mask, direction,
+                                                prompt_encoder=self.prompt_encoder, **self._options())
+
+        def done(status: Any) -> PendingResult:
+            result = status.result
+            masks = decode_array(result["masks"])
+            slices = {(axis, int(i)): masks[n] for n, i in enumerate(result["indices"])}
+            stops = "; ".join(f"{d}: {why}" for d, why in result["stopped"].items())
+            return self._preview(PendingResult(f"propagated from slice {index} ({stops})", slices=slices))
+
+        return self._start(BackgroundTask(self.client, f"propagate {direction}", [("propagating", start)], done))
+
+    def auto_segment_sapnet(self, axis: Optional[int] = None) -> BackgroundTask:
+        """"Auto-segment volume (SAP-Net)": train a SAP-Net on the segment's annotated slices, then segment every
+        slice from its prompts (through the learned prompt encoder, if one is selected); result as a preview."""
+        axis = self.default_axis if axis is None else axis
+        annotations = self._annotations(axis, None)
+        volume_id, name = self.volume_id, self._segment_name()
+        train = lambda _: self.client.train(volume_id, "sapnet", annotations, axis=axis, name=name, **self._options())
+        segment = lambda trained: self.client.auto_segment(
+            volume_id, trained["artefact_id"], prompt_encoder=self.prompt_encoder, annotations=annotations, axis=axis,
+            **self._options())
+
+        def done(status: Any) -> PendingResult:
+            volume = decode_array(status.result["masks"])[0]
+            slices = {(axis, int(i)): volume[slice_index(axis, int(i))] for i in _nonempty(volume, axis)}
+            return self._preview(PendingResult(f"SAP-Net auto-segmentation of {name}", slices=slices))
+
+        steps = [("training SAP-Net", train), ("segmenting", segment)]
+        return self._start(BackgroundTask(self.client, "auto-segment (SAP-Net)", steps, done))
+
+    def auto_segment_model(self, artefact_id: str) -> BackgroundTask:
+        """Segment the whole volume with a trained H-SAM / MA-SAM model; each label becomes a new segment (preview)."""
+        volume_id = self.volume_id
+        start = lambda _: self.client.auto_segment(volume_id, artefact_id, **self._options())
+
+        def done(status: Any) -> PendingResult:
+            masks = decode_array(status.result["masks"])
+            labels = list(status.result["labels"])
+            return self._preview(PendingResult(f"auto-segmentation ({artefact_id})", labels=labels, volumes=list(masks)))
+
+        return self._start(BackgroundTask(self.client, "auto-segment", [("segmenting", start)], done))
+
+    def apply_pending(self) -> bool:
+        """Write the previewed result into the segmentation (one undo step) and remove the preview."""
+        if self.pending is None:
+            return False
+        applied: AppliedResult = self.pending.apply(self._slices(), self._edit_settings(), self._require_segment())
+        self.pending.discard(self.scene)
+        self.pending = None
+        self._undo.append((None, applied))
+        return True
+
+    def discard_pending(self) -> None:
+        if self.pending is not None:
+            self.pending.discard(self.scene)
+            self.pending = None
+
+    def cancel_task(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _start(self, task: BackgroundTask) -> BackgroundTask:
+        if self.task is not None and self.task.state == "running":
+            task.cancel()
+            raise RuntimeError(f"{self.task.title} is still running: wait for it or cancel it first")
+        self.task = task
+        return task
+
+    def _preview(self, pending: PendingResult) -> PendingResult:
+        self.discard_pending()
+        pending.show(self.scene, self._require_volume())
+        self.pending = pending
+        return pending
+
+    def _annotations(self, axis: int, count: Optional[int]) -> dict[int, np.ndarray]:
+        annotations = annotated_slices(self._slices().read_volume(self._require_segment()), axis, count)
+        if not annotations:
+            raise RuntimeError("the segment has no annotated slice: segment one or two slices first")
+        return annotations
+
+    def _segment_name(self) -> str:
+        segment = self.segmentation_node.GetSegmentation().GetSegment(self._require_segment())
+        return segment.GetName() if segment is not None else "target"
+
+    def _require_segment(self) -> str:
+        if self.segmentation_node is None or not self.segment_id:
+            raise RuntimeError("select a segmentation and a segment first")
+        return self.segment_id
+
+    def _options(self) -> dict[str, Any]:
+        return {"model": self.model} if self.model else {}
+
     # internals ---------------------------------------------------------------------------------
-    def _predict_and_apply(self, axis: int, index: int) -> Optional[SliceEdit]:
+    def _predict_and_apply(self, axis: int, index: int, quiet: bool = False) -> Optional[SliceEdit]:
         on_slice = self.prompts.on_slice(axis, index)
         if on_slice.box is None and (1 not in on_slice.labels or self._box_only()):
+            if quiet:  # nothing left to predict from on a slice a point moved away from: leave it as it is
+                return None
             self._notify("draw a box on this slice first: the model needs one, points then refine it"
                          if self._box_only() else "place a \"+\" point or a box: \"−\" points alone select nothing")
             return None
         if self.segmentation_node is None or not self.segment_id:
             raise RuntimeError("select a segmentation and a segment first")
         options = {"model": self.model} if self.model else {}
+        if self.prompt_encoder:
+            options["prompt_encoder"] = self.prompt_encoder
         result = self.client.predict(
             self.volume_id, axis, index, on_slice.points, on_slice.labels, on_slice.box, **options
         )
@@ -353,6 +565,8 @@ class Session:
 
     def _box_only(self) -> bool:
         """Whether the model refuses point-only prompts (LiteMedSAM); asked from the worker once."""
+        if self.prompt_encoder and self.prompt_encoder_type in ("point", "composite"):
+            return False
         if self._model_box_only is None:
             models = self.client.models()
             chosen = [m for m in models if (m.id == self.model if self.model else m.default)]
@@ -447,3 +661,8 @@ def _thinnest_axis(ras_to_ijk_matrix: np.ndarray, corners: np.ndarray) -> int:
     """The IJK axis along which a box is thinnest in voxels (the slicing axis of a box drawn in a slice view)."""
     ijk = np.array([P.ras_to_ijk(ras_to_ijk_matrix, c) for c in corners])
     return int(np.argmin(ijk.max(axis=0) - ijk.min(axis=0)))
+
+
+def _nonempty(volume: np.ndarray, axis: int) -> list[int]:
+    """Indices along IJK ``axis`` of a ``(K, J, I)`` mask that hold foreground."""
+    return [int(i) for i in np.flatnonzero(volume.sum(axis=tuple(a for a in range(3) if a != 2 - axis)))]

@@ -331,3 +331,15 @@ def test_requirements_mirror_worker_dependencies():
         "SAMMedSlicer/Resources/requirements.txt must mirror [project].dependencies of "
         "SAMMedServer/pyproject.toml"
     )
+
+
+def test_widget_uses_only_widgets_of_the_ui_file():
+    """Every ``self.ui.<name>`` in the module file is a widget named in the .ui (a typo would fail only in Slicer)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    module = (REPO / "SAMMedSlicer" / "SAMMedSlicer.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", module))
+    tree = ET.parse(REPO / "SAMMedSlicer" / "Resources" / "UI" / "SAMMedSlicer.ui")
+    named = {widget.get("name") for widget in tree.iter("widget")}
+    assert used and used <= named, f"not in the .ui: {sorted(used - named)}"

@@ -114,3 +114,16 @@ def segmentation(mrml: Mrml) -> Any:
     return node
 
 
+
+
+@pytest.fixture
+def session(mrml, segmentation, worker):
+    """A live session on the CT (no precompute: tests embed only the slices they touch) with prompt markups."""
+    from SAMMedSlicerLib.session import Session, create_prompt_nodes
+
+    live = Session(mrml.scene, worker)
+    live.set_volume(mrml.volume, precompute=False)
+    live.observe(create_prompt_nodes(mrml.scene))
+    yield live
+    live.close()
+    assert not live.errors, live.errors

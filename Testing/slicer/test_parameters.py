@@ -9,7 +9,7 @@ from SAMMedSlicerLib.session import create_prompt_nodes
 
 
 def test_parameter_node_round_trips_through_a_saved_scene(mrml, segmentation, tmp_path):
-    segment_id = segmentation.GetSegmentation().AddEmptySegment("liver")
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("", "liver")  # (id, name)
     params = Parameters.find_or_create(mrml.scene)
     prompt_nodes = create_prompt_nodes(mrml.scene)
     params.set_reference("volume", mrml.volume)
@@ -37,7 +37,7 @@ def test_parameter_node_round_trips_through_a_saved_scene(mrml, segmentation, tm
     assert again.get("segmentId") == segment_id and again.get("model") == "litemedsam"
     assert again.get("workerMode") == "remote" and again.get("workerUrl") == "http://gpu-box:8765"
     assert again.reference("volume").GetName() == "ct"
-    assert again.reference("segmentation").GetSegmentation().GetSegment(segment_id) is not None
+    assert again.reference("segmentation").GetSegmentation().GetSegment(segment_id).GetName() == "liver"
     assert again.reference("box").GetClassName() == "vtkMRMLMarkupsROINode"
     assert again.reference("positivePoints").GetName() == "SAMMed +"
     assert reloaded.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1

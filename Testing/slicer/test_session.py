@@ -10,11 +10,10 @@ import time
 from typing import Any
 
 import numpy as np
-import pytest
 import vtk
 
 from SAMMedSlicerLib.segments import SegmentSlices, slice_index
-from SAMMedSlicerLib.session import Session, create_prompt_nodes
+from SAMMedSlicerLib.session import Session
 from SAMMedSlicerLib.volume import ijk_to_ras, voxel_array
 
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
@@ -79,16 +78,6 @@ def add_slice_views(scene: Any, volume: Any, ijk: Any) -> dict[str, Any]:
         node.UpdateMatrices()
         views[name] = node
     return views
-
-
-@pytest.fixture
-def session(mrml, segmentation, worker):
-    live = Session(mrml.scene, worker)
-    live.set_volume(mrml.volume, precompute=False)
-    live.observe(create_prompt_nodes(mrml.scene))
-    yield live
-    live.close()
-    assert not live.errors, live.errors
 
 
 def nodes(session: Session) -> dict[str, Any]:
@@ -216,3 +205,38 @@ def test_background_precompute_reports_progress(mrml, worker):
     live.close()
     assert "failed" not in seen and seen & {"queued", "running", "succeeded"}, seen
     assert live.volume_id
+
+
+def test_dragging_a_point_predicts_again_and_undo_moves_it_back(mrml, segmentation, session, reference):
+    """A "+" point dragged to another pixel (PointEndInteractionEvent) re-predicts its slice from its new place;
+    undo puts the point, the prompt and the segment back exactly."""
+    import slicer
+
+    liver = reference["liver"]
+    k = largest_slice(liver, axis=2)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("liver")
+    session.set_segment(segmentation, segment_id)
+    place_box(nodes(session)["box"], mrml.volume, liver, 2, k)
+    js, is_ = np.nonzero(liver[k])
+    first, second = (is_[0], js[0], k), (is_[len(is_) // 2], js[len(js) // 2], k)
+    positive = nodes(session)["positivePoints"]
+    positive.AddControlPoint(vtk.vtkVector3d(*to_ras(mrml.volume, first)))
+    placed = read_segment(segmentation, segment_id, mrml.volume)
+    undo_depth = len(session._undo)
+
+    positive.SetNthControlPointPositionWorld(0, *to_ras(mrml.volume, second))
+    positive.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # calldata-less: handler ignores it
+    assert len(session._undo) == undo_depth
+    assert session.move_point(positive.GetID(), positive.GetNthControlPointID(0), to_ras(mrml.volume, second))
+    prompt = [p for p in session.prompts if p.kind == "positive"][0]
+    assert np.allclose(prompt.coords, second[:2], atol=1e-6)
+    moved = read_segment(segmentation, segment_id, mrml.volume)
+    assert not np.array_equal(moved, placed), "the segment did not follow the moved point"
+    assert not session.move_point(positive.GetID(), positive.GetNthControlPointID(0), to_ras(mrml.volume, second))
+
+    assert session.undo()
+    assert np.array_equal(read_segment(segmentation, segment_id, mrml.volume), placed)
+    back = [0.0, 0.0, 0.0]
+    positive.GetNthControlPointPositionWorld(0, back)
+    assert np.allclose(back, to_ras(mrml.volume, first), atol=1e-4)
+    assert np.allclose([p for p in session.prompts if p.kind == "positive"][0].coords, first[:2], atol=1e-6)

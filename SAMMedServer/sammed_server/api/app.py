@@ -16,12 +16,15 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..artefacts import UnknownArtefactError
 from ..errors import CancelledError, CheckpointError, DownloadError, InputError, SAMMedError, UnknownModelError
 from .jobs import UnknownJobError
+from . import workflows
 from .protocol import API_PREFIX, VOLUME_HEADER
 from .schemas import (
-    EmbedRequest, ErrorBody, ErrorResponse, FocusRequest, Health, JobStatus, ModelInfo, PredictRequest,
-    PredictResponse, VolumeFromPath, VolumeInfo, VolumeUpload,
+    ArtefactInfo, AutoSegmentRequest, EmbedRequest, ErrorBody, ErrorResponse, FocusRequest, Health, JobStatus,
+    ModelInfo, PredictRequest, PredictResponse, PropagateRequest, TrainRequest, VolumeFromPath, VolumeInfo,
+    VolumeUpload,
 )
 from .service import Service, UnknownVolumeError
 
@@ -35,6 +38,7 @@ STATUS_OF_ERROR: dict[type, int] = {
     UnknownModelError: 404,
     UnknownVolumeError: 404,
     UnknownJobError: 404,
+    UnknownArtefactError: 404,
     CancelledError: 409,
     CheckpointError: 503,
     DownloadError: 503,
@@ -122,6 +126,27 @@ def _routes(service: Service, health_fn: Callable[[], Health]) -> APIRouter:
     def embed(volume_id: str, request: EmbedRequest) -> JobStatus:
         """Start embedding a volume along an axis (a running identical job is returned instead of a new one)."""
         return service.embed(volume_id, request).status()
+
+    @router.post("/volumes/{volume_id}/train", response_model=JobStatus, status_code=202)
+    def train(volume_id: str, request: TrainRequest) -> JobStatus:
+        """Learn a target from annotated slices (SAM-assist prompt encoder or SAP-Net); the job's ``loss`` metric
+        is the training curve and its result names the stored artefact."""
+        return workflows.train(service, volume_id, request).status()
+
+    @router.post("/volumes/{volume_id}/propagate", response_model=JobStatus, status_code=202)
+    def propagate(volume_id: str, request: PropagateRequest) -> JobStatus:
+        """Carry an accepted slice mask to the next slices (up, down or both) until a stop criterion holds."""
+        return workflows.propagate(service, volume_id, request).status()
+
+    @router.post("/volumes/{volume_id}/auto-segment", response_model=JobStatus, status_code=202)
+    def auto_segment(volume_id: str, request: AutoSegmentRequest) -> JobStatus:
+        """Segment the whole volume with a SAP-Net (+ learned prompts) or an H-SAM / MA-SAM model."""
+        return workflows.auto_segment(service, volume_id, request).status()
+
+    @router.get("/artefacts", response_model=list[ArtefactInfo])
+    def artefacts(kind: Optional[str] = None) -> list[ArtefactInfo]:
+        """Stored prompt encoders, SAP-Nets and automatic models (newest first), with their manifests."""
+        return workflows.artefacts(kind)
 
     @router.get("/jobs", response_model=list[JobStatus])
     def jobs() -> list[JobStatus]:

@@ -44,6 +44,11 @@ class JobContext:
             if message:
                 self._job.message = message
 
+    def metric(self, name: str, value: float) -> None:
+        """Append a point to the curve ``name`` (e.g. the training loss), visible while the job runs."""
+        with self._job.lock:
+            self._job.metrics.setdefault(name, []).append(float(value))
+
     def log(self, line: str) -> None:
         with self._job.lock:
             self._job.log.append(f"{time.strftime('%H:%M:%S')} {line}")
@@ -69,6 +74,7 @@ class Job:
         self.log: deque[str] = deque(maxlen=LOG_TAIL)
         self.result: Optional[dict[str, Any]] = None
         self.error: Optional[ErrorBody] = None
+        self.metrics: dict[str, list[float]] = {}
         self.focus: Optional[int] = None
         self.created = time.time()
         self.started: Optional[float] = None
@@ -85,6 +91,7 @@ class Job:
             return JobStatus(
                 id=self.id, kind=self.kind, state=self.state, progress=self.progress, message=self.message,
                 log=list(self.log), result=self.result, error=self.error,
+                metrics={name: list(values) for name, values in self.metrics.items()},
                 created=self.created, started=self.started, finished=self.finished,
             )
 

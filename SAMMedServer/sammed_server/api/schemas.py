@@ -103,6 +103,9 @@ class PredictRequest(Strict):
     multimask: bool = False
     model: Optional[str] = Field(None, description="model id; default: the server's")
     window: Optional[str] = Field(None, description="intensity window: auto, abdomen, lung, bone, brain, mr or 'L,W'")
+    prompt_encoder: Optional[str] = Field(
+        None, description="id of a learned (SAM-assist) prompt encoder to use instead of the model's own"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -125,6 +128,60 @@ class EmbedRequest(Strict):
     window: Optional[str] = None
 
 
+class AnnotatedSlices(Strict):
+    """Masks the user drew on some slices along one axis: ``masks`` is ``(n, rows, cols)`` bool, one per index."""
+
+    axis: Axis = 2
+    indices: list[NonNegativeInt] = Field(min_length=1, max_length=4096)
+    masks: EncodedArray
+
+
+class TrainRequest(Strict):
+    """Learn a target from annotated slices: a SAM-assist prompt encoder or a SAP-Net (SAM-auto)."""
+
+    kind: Literal["prompt_encoder", "sapnet"]
+    annotations: AnnotatedSlices
+    name: str = Field("target", min_length=1, max_length=80, description="target name stored with the artefact")
+    prompt_type: Literal["point", "box", "composite"] = Field("point", description="prompt encoder only")
+    iterations: Optional[int] = Field(None, ge=1, le=5000, description="default: the method's")
+    model: Optional[str] = None
+    window: Optional[str] = None
+
+
+class PropagateRequest(Strict):
+    """Carry an accepted mask from slice ``index`` to its neighbours, slice by slice."""
+
+    axis: Axis = 2
+    index: NonNegativeInt
+    mask: EncodedArray = Field(description="(rows, cols) bool: the accepted mask on slice index")
+    direction: Literal["up", "down", "both"] = Field("both", description="up = increasing slice index")
+    prompt_encoder: Optional[str] = None
+    max_slices: Optional[int] = Field(None, ge=1)
+    model: Optional[str] = None
+    window: Optional[str] = None
+
+
+class AutoSegmentRequest(Strict):
+    """Segment a whole volume without prompts from a trained SAP-Net (+ optional learned prompt encoder) or an
+    H-SAM / MA-SAM model."""
+
+    artefact: str = Field(min_length=1, description="id of a SAP-Net or an automatic (H-SAM / MA-SAM) model")
+    prompt_encoder: Optional[str] = Field(None, description="SAP-Net only: learned prompt encoder for its prompts")
+    annotations: Optional[AnnotatedSlices] = Field(None, description="SAP-Net only: slices kept as the user drew them")
+    axis: Axis = 2
+    model: Optional[str] = None
+    window: Optional[str] = None
+
+
+class ArtefactInfo(BaseModel):
+    id: str
+    kind: str = Field(description="prompt_encoders, sapnets or auto_models")
+    name: str
+    base_model: str
+    created: str
+    manifest: dict[str, Any] = Field(description="the stored manifest (training record, preprocessing, labels)")
+
+
 class FocusRequest(Strict):
     index: int = Field(ge=0)
 
@@ -141,6 +198,7 @@ class JobStatus(BaseModel):
     log: list[str] = Field(description="the last lines of the job's log")
     result: Optional[dict[str, Any]] = None
     error: Optional[ErrorBody] = None
+    metrics: dict[str, list[float]] = Field(default_factory=dict, description="curves while running, e.g. loss")
     created: float
     started: Optional[float] = None
     finished: Optional[float] = None

@@ -27,6 +27,7 @@ from ..errors import InputError, SAMMedError
 from ..settings import embedding_cache_dir, memory_cache_bytes
 from . import codec
 from .jobs import Job, JobContext, JobManager
+from .workflows import LearnedPromptEncoders
 from .protocol import PROTOCOL_VERSION, SERVICE_NAME
 from .schemas import EmbedRequest, Health, ModelInfo, PredictRequest, PredictResponse, VolumeInfo, VolumeUpload
 
@@ -65,6 +66,7 @@ class Service:
         self.cache = EmbeddingCache(Path(cache_dir or embedding_cache_dir()), memory_bytes or memory_cache_bytes())
         self.queue = DeviceQueue()
         self.jobs = JobManager(job_workers)
+        self.learned_encoders = LearnedPromptEncoders()
         self._predictors: dict[str, SlicePredictor] = {}
         self._volumes: OrderedDict[str, StoredVolume] = OrderedDict()
         self._prepared: dict[tuple[str, str, str], PreparedVolume] = {}
@@ -148,7 +150,8 @@ class Service:
         for key in [k for k in self._previous if k[0] == volume_id]:
             del self._previous[key]
 
-    def _prepare(self, volume_id: str, predictor: SlicePredictor, window: Optional[str]) -> PreparedVolume:
+    def prepared(self, volume_id: str, predictor: SlicePredictor, window: Optional[str]) -> PreparedVolume:
+        """The stored volume with ``predictor``'s preprocessing for ``window`` (kept, so hashes are computed once)."""
         volume = self._stored(volume_id).volume
         key = (volume_id, predictor.backend.model_id, (window or "auto").strip().lower())
         with self._lock:
@@ -163,10 +166,11 @@ class Service:
     def predict(self, volume_id: str, request: PredictRequest) -> PredictResponse:
         started = time.perf_counter()
         predictor = self.predictor(request.model)
-        prepared = self._prepare(volume_id, predictor, request.window)
+        prepared = self.prepared(volume_id, predictor, request.window)
         axis, index = request.axis, request.index
         prepared.volume.slice(axis, index)  # validates the index with a clear message
-        session_key = (volume_id, predictor.backend.model_id, prepared.preprocessing.fingerprint(), axis, index, request.session)
+        session_key = (volume_id, predictor.backend.model_id, prepared.preprocessing.fingerprint(), axis, index,
+                       request.session, request.prompt_encoder)
         mask_input = None
         if request.mask_input is not None:
             if request.use_previous_mask:
@@ -178,8 +182,9 @@ class Service:
         prompts = SlicePrompts(
             [tuple(p) for p in request.points], list(request.labels), request.box, mask_input, request.multimask
         )
+        encoder = self.learned_encoders.get(request.prompt_encoder, predictor)
         cached = predictor.is_cached(prepared, axis, index)
-        prediction = predictor.predict(prepared, axis, index, prompts)
+        prediction = predictor.predict(prepared, axis, index, prompts, prompt_encoder=encoder)
         predicted = time.perf_counter()
         best = prediction.best
         with self._lock:
@@ -201,7 +206,7 @@ class Service:
     def embed(self, volume_id: str, request: EmbedRequest) -> Job:
         """Start (or join the running) embedding precompute of a volume along one axis."""
         predictor = self.predictor(request.model)
-        prepared = self._prepare(volume_id, predictor, request.window)
+        prepared = self.prepared(volume_id, predictor, request.window)
         axis, count = request.axis, prepared.volume.num_slices(request.axis)
         slices = sorted(set(request.slices)) if request.slices is not None else list(range(count))
         for index in slices + ([request.focus] if request.focus is not None else []):

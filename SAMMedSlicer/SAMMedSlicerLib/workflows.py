@@ -1,0 +1,169 @@
+"""Long annotation workflows for the panel (Qt-free): learn a target from annotated slices, propagate a slice,
+auto-segment a volume. Each runs as worker jobs that a timer polls (:class:`BackgroundTask`); results are shown
+in a separate preview segmentation first (:class:`PendingResult`) and applied into the user's segmentation only
+on request, as one undoable step that honours the Segment Editor's overwrite and masking settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .segments import EditSettings, SegmentSlices, SliceEdit, slice_index
+
+PREVIEW_NAME = "SAMMed preview"
+PREVIEW_COLOR = (1.0, 0.55, 0.0)
+
+
+def annotated_slices(volume_mask: np.ndarray, axis: int, count: Optional[int] = None) -> dict[int, np.ndarray]:
+    """``{index: (rows, cols) bool}`` of the slices along ``axis`` of a ``(K, J, I)`` mask that have foreground;
+    with ``count``, that many spread evenly over them (first and last included)."""
+    sums = volume_mask.sum(axis=tuple(a for a in range(3) if a != 2 - axis))
+    indices = [int(i) for i in np.flatnonzero(sums)]
+    if count is not None and len(indices) > count:
+        picks = np.linspace(0, len(indices) - 1, count).round().astype(int)
+        indices = [indices[p] for p in picks]
+    return {i: volume_mask[slice_index(axis, i)].copy() for i in indices}
+
+
+Step = Callable[[Optional[dict]], str]  # previous job's result → the id of the job it starts
+
+
+class BackgroundTask:
+    """Worker jobs run one after another (e.g. train a SAP-Net, then segment with it); poll it from a timer.
+
+    ``steps`` are (label, start) pairs: ``start`` gets the previous job's result and returns a job id.
+    ``on_done`` turns the last job's status into the task's outcome (e.g. a :class:`PendingResult`).
+    """
+
+    def __init__(self, client: Any, title: str, steps: Sequence[tuple[str, Step]],
+                 on_done: Callable[[Any], Any]) -> None:
+        self.client = client
+        self.title = title
+        self._steps = list(steps)
+        self._on_done = on_done
+        self._step = 0
+        self.job_id = self._steps[0][1](None)
+        self.state = "running"
+        self.outcome: Any = None
+        self.error = ""
+        self.losses: list[float] = []
+
+    def poll(self) -> tuple[str, float, str]:
+        """(state, overall fraction, message); state is running, succeeded, failed or cancelled."""
+        if self.state != "running":
+            return self.state, 1.0, self.error or f"{self.title}: {self.state}"
+        status = self.client.job(self.job_id)
+        label = self._steps[self._step][0]
+        self.losses = list(status.metrics.get("loss", [])) if status.metrics else self.losses
+        if status.state in ("failed", "cancelled"):
+            self.state = status.state
+            error = status.error or {}
+            self.error = f"{self.title}: {label} {status.state}" + (f": {error.get('message')}" if error else "")
+            return self.state, 1.0, self.error
+        if status.state == "succeeded":
+            self._step += 1
+            if self._step < len(self._steps):
+                self.job_id = self._steps[self._step][1](status.result)
+            else:
+                self.outcome = self._on_done(status)
+                self.state = "succeeded"
+                return self.state, 1.0, f"{self.title}: done"
+        fraction = (self._step + (0.0 if status.state == "succeeded" else float(status.progress))) / len(self._steps)
+        return "running", fraction, f"{self.title}: {label} {status.message}".rstrip()
+
+    def cancel(self) -> None:
+        if self.state == "running":
+            self.client.cancel_job(self.job_id)
+
+
+@dataclass
+class PendingResult:
+    """Masks waiting for the user's decision, shown in a preview segmentation node until applied or discarded.
+
+    ``slices`` maps (axis, index) → (rows, cols) bool for the target segment (propagation, SAP-Net), or
+    ``labels`` + ``volumes`` give new segments (name, colour) with ``(K, J, I)`` masks (H-SAM / MA-SAM).
+    """
+
+    description: str
+    slices: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    labels: list[dict] = field(default_factory=list)
+    volumes: list[np.ndarray] = field(default_factory=list)
+    preview_node: Any = None
+
+    def show(self, scene: Any, volume_node: Any) -> Any:
+        """Put the result into a new preview segmentation node (one segment per result) and return it."""
+        self.discard(scene)
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", PREVIEW_NAME)
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        writer = SegmentSlices(node, volume_node)
+        for name, color, mask in self._layers():
+            segment_id = node.GetSegmentation().AddEmptySegment("", name, color)
+            for axis, index, plane in _planes(mask):
+                writer.write(segment_id, axis, index, plane)
+        self.preview_node = node
+        return node
+
+    def discard(self, scene: Any) -> None:
+        """Remove the preview node (the user's segmentation was never touched)."""
+        if self.preview_node is not None and scene.IsNodePresent(self.preview_node):
+            scene.RemoveNode(self.preview_node)
+        self.preview_node = None
+
+    def apply(self, segments: SegmentSlices, settings: EditSettings, target: str) -> "AppliedResult":
+        """Write the result into the user's segmentation as one undoable step.
+
+        Slices go into ``target``; labels become new segments (a name already in use gets a suffix, so no
+        existing segment is reused)."""
+        applied = AppliedResult()
+        for (axis, index), mask in sorted(self.slices.items()):
+            applied.edits.append(segments.apply(settings, target, axis, index, mask))
+        segmentation = segments.segmentation_node.GetSegmentation()
+        for label, volume in zip(self.labels, self.volumes):
+            name = _free_name(segmentation, str(label["name"]))
+            segment_id = segmentation.AddEmptySegment("", name, tuple(label.get("color") or PREVIEW_COLOR))
+            applied.created.append(segment_id)
+            for axis, index, plane in _planes(volume):
+                applied.edits.append(segments.apply(settings, segment_id, axis, index, plane))
+        return applied
+
+    def _layers(self) -> list[tuple[str, tuple[float, float, float], Any]]:
+        layers: list[tuple[str, tuple[float, float, float], Any]] = []
+        if self.slices:
+            layers.append((self.description, PREVIEW_COLOR, self.slices))
+        for label, volume in zip(self.labels, self.volumes):
+            layers.append((str(label["name"]), tuple(label.get("color") or PREVIEW_COLOR), volume))
+        return layers
+
+
+@dataclass
+class AppliedResult:
+    """What applying a :class:`PendingResult` changed: slice edits in order, and the segments it created."""
+
+    edits: list[SliceEdit] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+
+    def undo(self, segments: SegmentSlices) -> None:
+        """Put every touched slice back (last first) and remove the created segments."""
+        for edit in reversed(self.edits):
+            segments.undo(edit)
+        segmentation = segments.segmentation_node.GetSegmentation()
+        for segment_id in self.created:
+            segmentation.RemoveSegment(segment_id)
+
+
+def _planes(mask: Any) -> list[tuple[int, int, np.ndarray]]:
+    """(axis, index, plane) to write: a slice dict as it is, a ``(K, J, I)`` volume as its non-empty K slices."""
+    if isinstance(mask, dict):
+        return [(axis, index, plane) for (axis, index), plane in sorted(mask.items())]
+    return [(2, int(k), mask[k]) for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))]
+
+
+def _free_name(segmentation: Any, name: str) -> str:
+    taken = {segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())}
+    if name not in taken:
+        return name
+    return next(f"{name} {n}" for n in range(2, 10_000) if f"{name} {n}" not in taken)
