@@ -58,12 +58,12 @@ def test_train_prompt_encoder_job_then_click_with_it(api, ct_id, liver):
     """A point prompt encoder trained through the API: the job reports a falling loss curve, the artefact is
     listed, and a point-only predict, refused with the box-only base model, segments the liver with it."""
     response = api.post(f"/v1/volumes/{ct_id}/train", json={
-        "kind": "prompt_encoder", "annotations": annotations(liver, [18, 24]), "name": "liver", "iterations": 20})
+        "kind": "prompt_encoder", "annotations": annotations(liver, [18, 24]), "name": "liver", "iterations": 40})
     assert response.status_code == 202, response.text
     job = wait(api, response.json())
     assert job["state"] == "succeeded", job
     losses = job["metrics"]["loss"]
-    assert len(losses) == 20 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert len(losses) == 40 and np.mean(losses[-5:]) < np.mean(losses[:5])
     artefact_id = job["result"]["artefact_id"]
     listed = api.get("/v1/artefacts", params={"kind": "prompt_encoders"}).json()
     assert [a["id"] for a in listed] == [artefact_id] and listed[0]["manifest"]["prompt_type"] == "point"
@@ -84,7 +84,7 @@ def test_workflow_errors_are_clear(api, ct_id, liver):
     cases = [
         ("train", {"kind": "prompt_encoder", "annotations": annotations(empty, [3])}, 400, "empty"),
         ("train", {"kind": "prompt_encoder", "annotations": {**annotations(liver, [24]), "indices": [24, 25]}}, 400, "masks"),
-        ("train", {"kind": "sapnet", "annotations": annotations(liver, [99])}, 400, "outside"),
+        ("train", {"kind": "sapnet", "annotations": {**annotations(liver, [24]), "indices": [99]}}, 400, "outside"),
         ("auto-segment", {"artefact": "no-such-model"}, 404, "no-such-model"),
         ("propagate", {"index": 24, "mask": codec.encode_mask(empty[24]).model_dump()}, 400, "empty"),
         ("predict", {"index": 24, "box": [44, 27, 104, 81], "prompt_encoder": "missing-0"}, 404, "missing-0"),

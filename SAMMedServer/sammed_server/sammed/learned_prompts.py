@@ -37,9 +37,9 @@ class PromptTrainingConfig:
     max_points: int = 6  # n ~ U[1, max_points) points per prompt
     d_in: float = 2.0  # box jitter range in slice pixels: each side moves in [-d_in, d_out]
     d_out: float = 6.0
-    iterations: int = 120
-    prompts_per_slice: int = 4
-    learning_rate: float = 1e-3
+    iterations: int = 40
+    prompts_per_slice: int = 2
+    learning_rate: float = 3e-3
     seed: int = 0
 
     def check(self) -> "PromptTrainingConfig":
