@@ -230,6 +230,30 @@ def _progress_bar(description: str, unit: str, **options):
     return bar, update
 
 
+def _loss_bar(description: str, total: Optional[int]):
+    """A tqdm bar over training steps and a ``(step, total, loss)`` callback that drives it and shows the loss."""
+    bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
+
+    def update(step: int, total: Optional[int], loss: float) -> None:
+        bar.total = total
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    return bar, update
+
+
+def _annotated_slices(args: argparse.Namespace, predictor):
+    """The volume prepared for ``predictor`` and ``{slice: label == args.label}`` on ``args.slices``."""
+    from .engine.volume import load_volume, slice_index
+
+    volume = load_volume(args.volume)
+    labels = load_volume(args.labels).array
+    if labels.shape != volume.array.shape:
+        raise InputError(f"the labelmap has shape {labels.shape}, the volume {volume.array.shape}")
+    annotations = {k: labels[slice_index(args.axis, k)] == args.label for k in args.slices}
+    return predictor.prepare(volume, args.window), annotations
+
+
 def _serve(args: argparse.Namespace) -> None:
     from .api.server import serve
 
@@ -281,23 +305,13 @@ def _segment(args: argparse.Namespace) -> None:
 
 
 def _train_prompt_encoder(args: argparse.Namespace) -> None:
-    from .engine.volume import load_volume, slice_index
     from .sammed.learned_prompts import PromptTrainingConfig, save_prompt_encoder, train_prompt_encoder
 
     predictor = _predictor(args)
-    volume = load_volume(args.volume)
-    labels = load_volume(args.labels).array
-    if labels.shape != volume.array.shape:
-        raise InputError(f"the labelmap has shape {labels.shape}, the volume {volume.array.shape}")
-    prepared = predictor.prepare(volume, args.window)
-    annotations = {k: labels[slice_index(args.axis, k)] == args.label for k in args.slices}
+    prepared, annotations = _annotated_slices(args, predictor)
     config = PromptTrainingConfig(prompt_type=args.prompt_type, scheme=args.scheme, iterations=args.iterations)
-    bar = tqdm(total=config.iterations, desc="training prompt encoder", unit="step", dynamic_ncols=True)
+    bar, update = _loss_bar("training prompt encoder", config.iterations)
     with bar:
-        def update(step: int, total: int, loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-
         trained = train_prompt_encoder(predictor, prepared, args.axis, annotations, config, update)
     name = args.name or f"label_{args.label}"
     artefact_id = save_prompt_encoder(trained, name, prepared, args.axis, sorted(annotations), predictor)
@@ -306,23 +320,13 @@ def _train_prompt_encoder(args: argparse.Namespace) -> None:
 
 
 def _train_sapnet(args: argparse.Namespace) -> None:
-    from .engine.volume import load_volume, slice_index
     from .sammed.sapnet import SAPNetConfig, save_sapnet, train_sapnet
 
     predictor = _predictor(args)
-    volume = load_volume(args.volume)
-    labels = load_volume(args.labels).array
-    if labels.shape != volume.array.shape:
-        raise InputError(f"the labelmap has shape {labels.shape}, the volume {volume.array.shape}")
-    prepared = predictor.prepare(volume, args.window)
-    annotations = {k: labels[slice_index(args.axis, k)] == args.label for k in args.slices}
+    prepared, annotations = _annotated_slices(args, predictor)
     config = SAPNetConfig(iterations=args.iterations, beta=args.beta).check()
-    bar = tqdm(total=config.iterations, desc="training SAP-Net", unit="step", dynamic_ncols=True)
+    bar, update = _loss_bar("training SAP-Net", config.iterations)
     with bar:
-        def update(step: int, total: int, loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-
         trained = train_sapnet(predictor, prepared, args.axis, annotations, config, update)
     name = args.name or f"label_{args.label}"
     artefact_id = save_sapnet(trained, name, prepared, args.axis, sorted(annotations), predictor)
@@ -397,12 +401,11 @@ def _train_auto(args: argparse.Namespace) -> None:
                                 batch_size=args.batch_size, seed=args.seed)
     predictor = _predictor(args)
     feature_bar, feature_update = _progress_bar("features", "slice")
-    bar = tqdm(total=args.iterations, desc=f"training {args.mode}", unit="step", dynamic_ncols=True)
+    bar, show_loss = _loss_bar(f"training {args.mode}", args.iterations)
 
     def update(step: int, total: Optional[int], loss: float) -> None:
         feature_bar.close()
-        bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        show_loss(step, total, loss)
 
     with bar:
         trained = run_training_job(args.mode, predictor.backend, volumes, classes, config, predictor.cache, args.name,

@@ -10,7 +10,8 @@ import torch
 from sammed_server.engine.volume import load_volume
 from sammed_server.errors import InputError
 from sammed_server.evaluation.metrics import dice
-from sammed_server.sammed.auto_segment import auto_segment, centre_points, coarse_prompts
+from sammed_server.engine.propagation import centre_points
+from sammed_server.sammed.auto_segment import auto_segment, coarse_prompts
 from sammed_server.sammed.learned_prompts import PromptTrainingConfig, train_prompt_encoder
 from sammed_server.sammed.prompt_propagation import propagate_point_prompts, segment_by_point_propagation
 from sammed_server.sammed.sapnet import SAPNetConfig, train_sapnet

@@ -18,13 +18,7 @@ from sammed_server.adapted.stem import FrozenStem
 from sammed_server.errors import InputError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads run these models ~10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_vit_backend(seed: int = 0) -> SimpleNamespace:

@@ -160,7 +160,7 @@ def _prompts(previous: np.ndarray, config: PropagationConfig, use_points: bool, 
     return SlicePrompts(points=points, labels=[1] * len(points), box=box, mask_input=logits)
 
 
-def centre_points(mask: np.ndarray, max_points: int) -> list[tuple[float, float]]:
+def centre_points(mask: np.ndarray, max_points: int = 5) -> list[tuple[float, float]]:
     """``(x, y)`` of the deepest pixel (distance transform maximum) of each of the ``max_points`` largest
     connected parts of a ``(rows, cols)`` mask, largest first."""
     labelled, count = ndimage.label(mask)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 import numpy as np
-from scipy import ndimage
 from torch import nn
 
 from ..engine.predictor import PreparedVolume, SlicePredictor
+from ..engine.propagation import centre_points
 from ..engine.prompts import SlicePrompts
 from ..engine.volume import slice_index
 from ..errors import CancelledError, InputError
@@ -101,14 +101,3 @@ def coarse_prompts(coarse: np.ndarray, prompt: str = "box", margin: float = 3.0)
         points = centre_points(coarse)
     box = tight_box(coarse, margin) if prompt in ("box", "composite") else None
     return SlicePrompts(points=points, labels=[1] * len(points), box=box)
-
-
-def centre_points(mask: np.ndarray, max_points: int = 5) -> list[tuple[float, float]]:
-    """``(x, y)`` of the deepest pixel of each 2D connected part of ``mask``, largest part first (at most
-    ``max_points``: learned point encoders are trained on a few points)."""
-    labels, count = ndimage.label(mask)
-    depth = ndimage.distance_transform_edt(mask)
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, count + 1))
-    order = np.argsort(sizes)[::-1][:max_points] + 1
-    peaks = ndimage.maximum_position(depth, labels, order)
-    return [(float(col), float(row)) for row, col in peaks]
