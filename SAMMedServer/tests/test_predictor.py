@@ -89,7 +89,12 @@ def test_box_partly_outside_is_clipped(predictor, prepared, labels):
     assert prediction.masks.shape == (1, 101, 122)
 
 
-def test_precompute_serves_the_urgent_slice_first_and_cancels(predictor, prepared):
+def test_precompute_serves_the_urgent_slice_first_and_cancels(backend, ct_path, tmp_path):
+    from sammed_server.engine.cache import EmbeddingCache
+    from sammed_server.engine.predictor import SlicePredictor
+
+    predictor = SlicePredictor(backend, EmbeddingCache(tmp_path, 2**28))  # empty cache: other tests fill the shared one
+    prepared = predictor.prepare(load_volume(ct_path))
     order, urgent = [0, 1, 2], 2
     seen = []
 
