@@ -18,7 +18,7 @@ import vtk
 
 from . import prompts as P
 from .client import decode_array
-from .segments import EditSettings, SegmentSlices, SliceEdit, slice_index
+from .segments import EditSettings, SegmentSlices, SliceEdit
 from .workflows import AppliedResult, BackgroundTask, PendingResult, annotated_slices
 from .volume import dims_ijk, ijk_to_ras, lps_geometry, to_numpy, voxel_array
 
@@ -476,7 +476,7 @@ class Session:
 
         def done(status: Any) -> PendingResult:
             volume = decode_array(status.result["masks"])[0]
-            slices = {(axis, int(i)): volume[slice_index(axis, int(i))] for i in _nonempty(volume, axis)}
+            slices = {(axis, i): mask for i, mask in annotated_slices(volume, axis).items()}
             return self._preview(PendingResult(f"SAP-Net auto-segmentation of {name}", slices=slices))
 
         steps = [("training SAP-Net", train), ("segmenting", segment)]
@@ -662,7 +662,3 @@ def _thinnest_axis(ras_to_ijk_matrix: np.ndarray, corners: np.ndarray) -> int:
     ijk = np.array([P.ras_to_ijk(ras_to_ijk_matrix, c) for c in corners])
     return int(np.argmin(ijk.max(axis=0) - ijk.min(axis=0)))
 
-
-def _nonempty(volume: np.ndarray, axis: int) -> list[int]:
-    """Indices along IJK ``axis`` of a ``(K, J, I)`` mask that hold foreground."""
-    return [int(i) for i in np.flatnonzero(volume.sum(axis=tuple(a for a in range(3) if a != 2 - axis)))]

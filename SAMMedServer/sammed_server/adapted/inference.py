@@ -84,17 +84,20 @@ def slice_probabilities(
 def _window_probabilities(model: AutoSegModel, features: FeatureSource, volume: Volume, axis: int, centre: int,
                           indices: list[int], count: int, model_key: Optional[tuple[str, str]],
                           device: torch.device) -> torch.Tensor:
-    """``(T, K+1, S, S)`` probabilities of the window centred on ``centre``."""
-    stems = features.window(volume, axis, indices)[None].to(device)
+    """``(T, K+1, S, S)`` probabilities of the window centred on ``centre`` (its stems are read only when the
+    adapted embeddings are not cached)."""
+    def stems() -> torch.Tensor:
+        return features.window(volume, axis, indices)[None].to(device)
+
     with torch.no_grad():
         if model_key is None or not model.splits_encoder:
-            return model.probabilities(stems)[0].float().cpu()
+            return model.probabilities(stems())[0].float().cpu()
         cache: EmbeddingCache = features.cache
         key = StoreKey(volume.content_hash, axis, f"auto-{model_key[0]}", model_key[1],
                        features.preprocessing.fingerprint())
         embeddings = cache.get(key, centre, count, _embedding_shape(model, features))
         if embeddings is None:
-            embeddings = model.embed(stems)[0].cpu()
+            embeddings = model.embed(stems())[0].cpu()
             cache.put(key, centre, count, embeddings)
         return model.decode(embeddings[None].float().to(device))[0].float().cpu()
 

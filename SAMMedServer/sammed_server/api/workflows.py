@@ -176,7 +176,7 @@ def _sapnet_job(service: "Service", predictor: SlicePredictor, prepared: Prepare
     sapnet = load_sapnet(request.artefact, predictor.backend)
     encoder = service.learned_encoders.get(request.prompt_encoder, predictor)
     prompt = read_manifest("prompt_encoders", request.prompt_encoder)["prompt_type"] if request.prompt_encoder else "box"
-    name = read_manifest("sapnets", request.artefact).get("name", "target")
+    name = sapnet.name or "target"
 
     def run(ctx: JobContext) -> dict[str, Any]:
         ctx.log(f"auto-segmenting {name!r} with SAP-Net {request.artefact} ({prompt} prompts)")
@@ -184,7 +184,7 @@ def _sapnet_job(service: "Service", predictor: SlicePredictor, prepared: Prepare
             predictor, prepared, request.axis, sapnet, annotations, prompt_encoder=encoder, prompt=prompt,
             progress=lambda done, total: ctx.progress(done, total), cancel=ctx.cancel_event,
         )
-        ctx.log(f"{int(result.mask.any(axis=_other_axes(request.axis)).sum())} slice(s) with foreground")
+        ctx.log(f"{len(result.predicted_iou)} slice(s) segmented from SAP-Net prompts")
         return {"labels": [{"value": 1, "name": name, "color": None}],
                 "masks": codec.encode_mask(result.mask[None]).model_dump()}
 
@@ -210,7 +210,3 @@ def _auto_model_job(service: "Service", predictor: SlicePredictor, prepared: Pre
     key = hashlib.sha1(f"auto|{prepared.volume.content_hash}|{request.model_dump_json()}".encode()).hexdigest()
     return service.jobs.submit("auto_segment", run, key=key)
 
-
-def _other_axes(axis: int) -> tuple[int, int]:
-    """Array axes of a (K, J, I) array other than the one that indexes slices along IJK ``axis``."""
-    return tuple(a for a in range(3) if a != 2 - axis)  # type: ignore[return-value]
