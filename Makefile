@@ -56,7 +56,7 @@ test-view: venv venv-view
 test: test-server test-slicer test-view
 
 bench: venv
-	$(VENV)/bin/sammed-server bench --http
+	$(VENV)/bin/sammed-server bench --http --auto hsam,masam,decoder
 
 clean:
 	rm -rf $(VENV) $(SLICER_VENV) $(VIEW_VENV) out .pytest_cache

@@ -406,7 +406,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for item in client.artefacts("prompt_encoders"):
             if item.base_model == model:
                 self._encoderTypes[item.id] = item.manifest.get("prompt_type", "point")
-                encoders.addItem(f"{item.name}: {self._encoderTypes[item.id]}, {item.created}", item.id)
+                encoders.addItem(item.label, item.id)
         session = self.logic.session
         if session is not None and session.prompt_encoder:
             selected = session.prompt_encoder  # a freshly trained encoder is the one in use
@@ -415,8 +415,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         models = self.ui.autoModelComboBox
         models.clear()
         for item in client.artefacts("auto_models"):
-            labels = ", ".join(label["name"] for label in item.manifest.get("labels", []))
-            models.addItem(f"{item.name} ({item.manifest.get('mode', '?')}: {labels})", item.id)
+            models.addItem(item.label, item.id)
 
     # prompts -------------------------------------------------------------------------------------
     def placePrompt(self, role: str) -> None:

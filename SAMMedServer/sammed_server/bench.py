@@ -99,6 +99,56 @@ def prompt_training_bench(
              f"{trained.seconds:.1f} s, loss {trained.losses[0]:.3f} → {trained.losses[-1]:.3f}")]
 
 
+def auto_model_bench(
+    volume_path: Path, labels_path: Path, modes: list[str], steps: int = 3, model_id: str = "litemedsam",
+    checkpoint: Optional[Path] = None, device: Optional[str] = None,
+) -> list[Row]:
+    """Automatic models (``hsam``, ``masam``, ``decoder_only``) on the labelmap's 4 largest labels, 10 % of the
+    slices: feature pass, seconds per training step (after one warm-up step), whole-volume segmentation, GPU memory."""
+    from .adapted.data import AnnotatedVolume, choose_slices, parse_classes, training_windows
+    from .adapted.features import FeatureSource
+    from .adapted.inference import predict_classes
+    from .adapted.preprocessing import preprocessing_for
+    from .adapted.store import build_model
+    from .adapted.training import AutoTrainingConfig, train_auto_model
+
+    volume, labels = load_volume(volume_path), load_volume(labels_path).array
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    largest = values[np.argsort(counts)[::-1][:4]]
+    classes = parse_classes(",".join(f"{v}=label_{v}" for v in largest), None)
+    slices = tuple(choose_slices(labels, classes, 2, 0.1))
+    backend = load_backend(model_id, checkpoint, device)
+    rows: list[Row] = []
+    for mode in modes:
+        if backend.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        model = build_model(mode, backend, classes.num_classes)
+        with tempfile.TemporaryDirectory() as root:
+            features = FeatureSource(backend, preprocessing_for(mode), EmbeddingCache(Path(root), 2**30),
+                                     frozen_encoder=model.frozen_encoder)
+            started = time.perf_counter()
+            samples = training_windows([AnnotatedVolume(volume, labels, slices)], classes, features, model.window)
+            feature_s = time.perf_counter() - started
+            stamps: list[float] = []
+
+            def lap(step: int, total: Optional[int], loss: float) -> None:
+                _synchronize(backend.device)
+                stamps.append(time.perf_counter())
+
+            train_auto_model(model, samples, AutoTrainingConfig(iterations=steps + 1), progress=lap)
+            started = time.perf_counter()
+            predict_classes(model, features, volume)
+            segment_s = time.perf_counter() - started
+        step_s = (stamps[-1] - stamps[0]) / steps
+        rows.append((f"{mode}: features of {len(samples)} training windows (slices {list(slices)})", f"{feature_s:.1f} s"))
+        rows.append((f"{mode}: training step (window {model.window}, mean of {steps} after a warm-up)", f"{step_s:.2f} s"))
+        rows.append((f"{mode}: segment {volume.num_slices(2)} slices (features included)", f"{segment_s:.1f} s"))
+        if backend.device.type == "cuda":
+            rows.append((f"{mode}: peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"))
+    rows.append(("peak RSS (process)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"))
+    return rows
+
+
 def print_table(rows: list[Row], title: str) -> None:
     width = max(len(name) for name, _ in rows)
     print(f"\n{title}\n" + "-" * (width + 24))

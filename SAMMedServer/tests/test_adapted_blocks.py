@@ -9,6 +9,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
 
+from sammed_server.adapted.augmentation import RandomRotateScale
 from sammed_server.adapted.baseline import build_decoder_only
 from sammed_server.adapted.hsam import (
     ClassBalancedMaskAttention, build_hsam, prior_masked_attention, stage1_weight,
@@ -22,9 +23,6 @@ from sammed_server.engine.preprocessing import InputTransform
 from sammed_server.errors import InputError
 
 NUM_CLASSES = 3
-
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +219,32 @@ def test_window_inference_averages_consistently(tiny_vit_backend: SamBackend, ct
     torch.testing.assert_close(whole[0], transform.logits_to_slice(mean))
     classes = predict_classes(model, features, volume)
     np.testing.assert_array_equal(classes[2], whole[2].argmax(0).numpy())
+
+
+def test_rotate_scale_moves_images_and_labels_together_per_window() -> None:
+    """One draw per window, the same for its slices; labels follow the image (nearest, −1 brought in from outside);
+    no rotation and no scaling is the identity."""
+    size, generator = 64, torch.Generator().manual_seed(0)
+    labels = torch.full((2, 3, size, size), -1, dtype=torch.long)
+    labels[:, :, :48, :56] = 0  # the image content, padded at the bottom/right
+    labels[:, :, 10:30, 20:50] = 1
+    labels[:, :, 35:45, 5:15] = 2
+    images = (labels.clamp_min(0).float() / 2)[:, :, None].expand(-1, -1, 3, -1, -1).contiguous()
+    same_images, same_labels = RandomRotateScale(0.0, (1.0, 1.0))(images, labels, generator)
+    torch.testing.assert_close(same_images, images)
+    assert torch.equal(same_labels, labels)
+
+    moved_images, moved_labels = RandomRotateScale(20.0, (0.9, 1.1))(images, labels, generator)
+    assert moved_images.shape == images.shape and moved_labels.shape == labels.shape
+    assert set(moved_labels.unique().tolist()) <= {-1, 0, 1, 2}
+    assert not torch.equal(moved_labels, labels)
+    for b in range(2):
+        for t in range(1, 3):  # every slice of a window moved alike
+            assert torch.equal(moved_labels[b, t], moved_labels[b, 0])
+    assert not torch.equal(moved_labels[0], moved_labels[1])  # windows draw their own transforms
+    organ = moved_labels[:, :, None].expand_as(moved_images) == 1
+    inside = moved_images[organ]
+    assert (inside - 0.5).abs().lt(0.26).float().mean() > 0.95  # the image's organ stays under its label
+    replay = torch.Generator().manual_seed(0)
+    RandomRotateScale(0.0, (1.0, 1.0))(images, labels, replay)  # consumes the same draws as the identity call above
+    assert torch.equal(RandomRotateScale(20.0, (0.9, 1.1))(images, labels, replay)[1], moved_labels)  # reproducible

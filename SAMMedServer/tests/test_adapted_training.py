@@ -15,12 +15,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from sammed_server.adapted.augmentation import AugmentedStems, RandomRotateScale
 from sammed_server.adapted.baseline import build_decoder_only
 from sammed_server.adapted.data import (
     AnnotatedVolume, choose_slices, labels_to_model, parse_classes, training_windows,
 )
 from sammed_server.adapted.features import FeatureSource, window_indices
-from sammed_server.adapted.inference import predict_classes
+from sammed_server.adapted.inference import predict_classes, slice_probabilities
 from sammed_server.adapted.preprocessing import HSAM_PREPROCESSING, MASAM_PREPROCESSING, preprocessing_for
 from sammed_server.adapted.store import build_model, load_auto_model, save_auto_model
 from sammed_server.adapted.training import AutoTrainingConfig, train_auto_model, trainable_state
@@ -32,8 +33,6 @@ from sammed_server.evaluation.metrics import dice
 
 ORGANS = "5=liver,1=spleen,2=kidney_right,3=kidney_left"
 
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +134,38 @@ def test_checkpoint_resume_and_store(ct, backend, cache, tmp_path: Path, monkeyp
         load_auto_model(artefact, OtherBase())
 
 
+def test_augmented_training_resumes_exactly(ct, backend, cache, tmp_path: Path) -> None:
+    """With augmentation the samples are images, the frozen encoder runs every step on a freshly rotated and scaled
+    slice, and a run cancelled at step 2 and resumed still matches an uninterrupted one (the draws come from the
+    checkpointed generator)."""
+    volume, labels = ct
+    classes = parse_classes("5=liver,1=spleen", None)
+    features = FeatureSource(backend, HSAM_PREPROCESSING, cache, frozen_encoder=True)
+    samples = training_windows([AnnotatedVolume(volume, labels, (12, 20))], classes, features, window=1, images=True)
+    assert samples[0][0].shape == (1, 3, 256, 256)
+    prepare = AugmentedStems(features, RandomRotateScale())
+    config = AutoTrainingConfig(iterations=4, checkpoint_every=1, augment=True)
+
+    torch.manual_seed(0)
+    straight = build_decoder_only(backend, classes.num_classes)
+    record = train_auto_model(straight, samples, config, tmp_path / "straight.pt", prepare=prepare)
+    cancel = threading.Event()
+    torch.manual_seed(0)
+    with pytest.raises(CancelledError):
+        train_auto_model(build_decoder_only(backend, classes.num_classes), samples, config, tmp_path / "resumed.pt",
+                         progress=lambda step, total, loss: cancel.set() if step == 2 else None, cancel=cancel,
+                         prepare=prepare)
+    resumed = build_decoder_only(backend, classes.num_classes)
+    again = train_auto_model(resumed, samples, config, tmp_path / "resumed.pt", resume=True, prepare=prepare)
+    assert again.resumed_from == [2] and again.losses == pytest.approx(record.losses, abs=1e-5)
+
+    torch.manual_seed(0)  # the same first pick without augmentation sees the unmoved slice: another loss
+    plain = training_windows([AnnotatedVolume(volume, labels, (12, 20))], classes, features, window=1)
+    unaugmented = train_auto_model(build_decoder_only(backend, classes.num_classes), plain,
+                                   AutoTrainingConfig(iterations=1))
+    assert unaugmented.losses[0] != pytest.approx(record.losses[0], abs=1e-4)
+
+
 def _write_crop(source: Path, destination: Path, first: int, last: int) -> Path:
     image = sitk.ReadImage(str(source))
     sitk.WriteImage(image[:, :, first:last], str(destination))
@@ -143,11 +174,11 @@ def _write_crop(source: Path, destination: Path, first: int, last: int) -> Path:
 
 def test_cli_train_resume_and_segment_auto(ct_path: Path, ct_labels_path: Path, shared_cache_dir: Path,
                                            tmp_path: Path) -> None:
-    """`train hsam` stops at 2 steps, `--resume` continues to 3, `segment --auto` writes a named .seg.nrrd."""
+    """`train hsam` stops at 2 steps, `--resume` continues to 3, `train decoder --augment` stores the fast
+    decoder-only model, `segment --auto` writes a named .seg.nrrd."""
     image = _write_crop(ct_path, tmp_path / "crop.nii.gz", 12, 18)
     labels = _write_crop(ct_labels_path, tmp_path / "crop_seg.nii.gz", 12, 18)
-    env = {**os.environ, "SAMMED_HOME": str(tmp_path / "home"), "SAMMED_CACHE_DIR": str(shared_cache_dir),
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SAMMED_HOME": str(tmp_path / "home"), "SAMMED_CACHE_DIR": str(shared_cache_dir)}
     cli = [sys.executable, "-m", "sammed_server.cli"]
     train = [*cli, "train", "hsam", "--images", str(image), "--labels", str(labels), "--classes", "5=liver,1=spleen",
              "--slices", "2", "--device", "cpu"]
@@ -167,6 +198,12 @@ def test_cli_train_resume_and_segment_auto(ct_path: Path, ct_labels_path: Path, 
     manifest = json.loads((tmp_path / "home" / "artefacts" / "auto_models" / artefact / "manifest.json").read_text())
     assert manifest["training"]["steps"] == 3 and manifest["training"]["resumed_from"] == [2]
 
+    fast = run(*cli, "train", "decoder", "--images", str(image), "--labels", str(labels), "--classes", "5=liver",
+               "--slices", "2", "--device", "cpu", "--iterations", "2", "--augment")
+    fast_id = fast.split(":")[0].strip()
+    fast_manifest = json.loads((tmp_path / "home" / "artefacts" / "auto_models" / fast_id / "manifest.json").read_text())
+    assert fast_manifest["mode"] == "decoder_only" and fast_manifest["training"]["config"]["augment"] is True
+
     output = tmp_path / "auto.seg.nrrd"
     run(*cli, "segment", str(image), "--auto", artefact, "-o", str(output), "--device", "cpu")
     import slicerio
@@ -179,18 +216,38 @@ def test_cli_train_resume_and_segment_auto(ct_path: Path, ct_labels_path: Path, 
     assert failed.returncode == 2 and "no stored model" in failed.stderr
 
 
+def test_bench_times_automatic_models(ct_path: Path, ct_labels_path: Path, tmp_path: Path) -> None:
+    """`bench --auto` rows: feature pass, seconds per training step, whole-volume segmentation (decoder-only on a
+    6-slice crop, one timed step)."""
+    from sammed_server.bench import auto_model_bench
+
+    image = _write_crop(ct_path, tmp_path / "crop.nii.gz", 12, 18)
+    labels = _write_crop(ct_labels_path, tmp_path / "crop_seg.nii.gz", 12, 18)
+    rows = dict(auto_model_bench(image, labels, ["decoder_only"], steps=1, device="cpu"))
+    step = next(v for k, v in rows.items() if k.startswith("decoder_only: training step"))
+    segment = next(v for k, v in rows.items() if k.startswith("decoder_only: segment 6 slices"))
+    assert float(step.split()[0]) > 0 and float(segment.split()[0]) > 0
+    assert any(k.startswith("decoder_only: features of 1 training windows") for k in rows)
+
+
 TRAIN_SLICES = (5, 15, 25)  # 3 of the CT's 30 slices (10 %), each holding liver and spleen
 BUDGET_STEPS = 24
 
 
-def _train_and_score(mode: str, backend, cache: EmbeddingCache, volume, labels: np.ndarray) -> dict[str, float]:
-    """Train ``mode`` for ``BUDGET_STEPS`` steps on ``TRAIN_SLICES``; volume Dice per organ on every third other slice."""
+def _train(mode: str, backend, cache: EmbeddingCache, volume, labels: np.ndarray):
+    """``mode`` trained for ``BUDGET_STEPS`` steps on ``TRAIN_SLICES`` → (model, its feature source)."""
     classes = parse_classes(ORGANS, None)
     torch.manual_seed(0)
     model = build_model(mode, backend, classes.num_classes)
     features = FeatureSource(backend, preprocessing_for(mode), cache, frozen_encoder=model.frozen_encoder)
     samples = training_windows([AnnotatedVolume(volume, labels, TRAIN_SLICES)], classes, features, model.window)
     train_auto_model(model, samples, AutoTrainingConfig(iterations=BUDGET_STEPS, learning_rate=1e-3, seed=0))
+    return model, features
+
+
+def _score(model, features: FeatureSource, volume, labels: np.ndarray) -> dict[str, float]:
+    """Volume Dice per organ on every third slice not trained on."""
+    classes = parse_classes(ORGANS, None)
     evaluated = [k for k in range(volume.num_slices(2)) if k not in TRAIN_SLICES][::3]
     predicted = predict_classes(model, features, volume, slices=evaluated)[evaluated]
     reference = classes.class_map(labels)[evaluated]
@@ -205,19 +262,29 @@ def test_hsam_beats_same_budget_decoder_only_baseline(ct, backend, cache) -> Non
     """H-SAM (LoRA + two decoding stages) against the frozen encoder with the stage-1 decoder trained alone, the same
     number of steps, data and learning rate: H-SAM must segment liver + spleen better on the unseen slices."""
     volume, labels = ct
-    hsam = _train_and_score("hsam", backend, cache, volume, labels)
-    baseline = _train_and_score("decoder_only", backend, cache, volume, labels)
+    hsam = _score(*_train("hsam", backend, cache, volume, labels), volume, labels)
+    baseline = _score(*_train("decoder_only", backend, cache, volume, labels), volume, labels)
     print(f"\nH-SAM {hsam}\nbaseline {baseline}")
     assert _liver_spleen(hsam) > _liver_spleen(baseline) + 0.02, (hsam, baseline)
     assert hsam["liver"] > 0.5
 
 
-@pytest.mark.skipif(not os.environ.get("SAMMED_SLOW_TESTS"),
-                    reason="MA-SAM trains on 5-slice windows: ~8 min on an idle 2-core CPU; set SAMMED_SLOW_TESTS=1")
-def test_masam_beats_same_budget_decoder_only_baseline(ct, backend, cache) -> None:
-    """MA-SAM (FacT + 3D adapters, 5-slice windows) against the same-budget decoder-only baseline."""
+def test_masam_beats_same_budget_decoder_only_baseline_and_caches_window_embeddings(ct, backend, cache) -> None:
+    """MA-SAM (FacT + 3D adapters, 5-slice windows) against the same-budget decoder-only baseline; then a stored
+    model's adapted window embeddings are cached and reused (about 6 min on an idle 2-core CPU)."""
     volume, labels = ct
-    masam = _train_and_score("masam", backend, cache, volume, labels)
-    baseline = _train_and_score("decoder_only", backend, cache, volume, labels)
+    model, features = _train("masam", backend, cache, volume, labels)
+    masam = _score(model, features, volume, labels)
+    baseline = _score(*_train("decoder_only", backend, cache, volume, labels), volume, labels)
     print(f"\nMA-SAM {masam}\nbaseline {baseline}")
     assert _liver_spleen(masam) > _liver_spleen(baseline) + 0.02, (masam, baseline)
+
+    key = ("test-masam-" + volume.content_hash[:8], "e" * 64)
+    direct = slice_probabilities(model, features, volume, slices=[0])[0]
+    first = slice_probabilities(model, features, volume, model_key=key, slices=[0])[0]
+    assert list(cache.root.glob(f"auto-{key[0]}-*/*"))  # the model's own cache entry, on disk
+    hits = cache.stats.memory_hits + cache.stats.disk_hits
+    again = slice_probabilities(model, features, volume, model_key=key, slices=[0])[0]
+    assert cache.stats.memory_hits + cache.stats.disk_hits == hits + 3  # windows centred on 0, 1, 2 hold slice 0
+    torch.testing.assert_close(first, direct, atol=2e-2, rtol=0)  # cached in reduced precision
+    torch.testing.assert_close(again, first, atol=0, rtol=0)  # a cached run gives exactly the fresh run's result

@@ -18,8 +18,6 @@ from sammed_server.adapted.stem import FrozenStem
 from sammed_server.errors import InputError
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def tiny_vit_backend(seed: int = 0) -> SimpleNamespace:
     """A randomly initialised SAM (ViT encoder, prompt encoder, mask decoder) at 64 px with 32 channels."""

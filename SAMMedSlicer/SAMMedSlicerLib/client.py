@@ -191,6 +191,9 @@ class JobStatus:
         return self.state in ("succeeded", "failed", "cancelled")
 
 
+AUTO_MODEL_MODES = {"hsam": "H-SAM", "masam": "MA-SAM", "decoder_only": "decoder only"}
+
+
 @dataclass(frozen=True)
 class ArtefactInfo:
     """A stored prompt encoder (``prompt_encoders``), SAP-Net (``sapnets``) or H-SAM/MA-SAM model (``auto_models``)."""
@@ -201,6 +204,17 @@ class ArtefactInfo:
     base_model: str
     created: str
     manifest: dict = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        """How the panel lists it: the name, then what it is (prompt type; model and organs) or when it was made."""
+        if self.kind == "auto_models":
+            mode = self.manifest.get("mode", "?")
+            organs = ", ".join(c["name"] for c in self.manifest.get("classes", []))
+            return f"{self.name} ({AUTO_MODEL_MODES.get(mode, mode)}: {organs})"
+        if self.kind == "prompt_encoders":
+            return f"{self.name}: {self.manifest.get('prompt_type', 'point')}, {self.created}"
+        return f"{self.name}, {self.created}"
 
 
 @dataclass(frozen=True)

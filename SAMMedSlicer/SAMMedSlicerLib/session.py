@@ -137,6 +137,7 @@ class Session:
         self._muted = False
         self._roi_dragging = False
         self._last_box: Optional[P.SliceBox] = None
+        self._placed_boxes: list[tuple[P.SliceBox, Any]] = []  # each accepted box and a copy of the ROI it came from
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sammed-upload")
         self._upload: Optional[Future] = None
         self._embed_axis = default_axis
@@ -327,8 +328,12 @@ class Session:
         box = P.box_on_slice(np.linalg.inv(ijk_to_ras(volume)), corners, center, axis, dims_ijk(volume))
         if box == self._last_box:
             return None
+        edit = self.add_prompt(P.Prompt("box", box.axis, box.index, box.corners, roi.GetID()))
         self._last_box = box
-        return self.add_prompt(P.Prompt("box", box.axis, box.index, box.corners, roi.GetID()))
+        snapshot = roi.NewInstance()
+        snapshot.CopyContent(roi)
+        self._placed_boxes.append((box, snapshot))
+        return edit
 
     def add_prompt(self, prompt: P.Prompt) -> Optional[SliceEdit]:
         """Record a prompt, predict its slice from every prompt there, write the mask; returns the edit (undoable)."""
@@ -342,8 +347,8 @@ class Session:
         return edit
 
     def undo(self) -> bool:
-        """Remove the last prompt (and its markups point) and restore the segments as they were before it; or take
-        back the last applied propagation / auto-segmentation as a whole."""
+        """Remove the last prompt (its markups point; a box puts the ROI back where the previous box was) and restore
+        the segments as they were before it; or take back the last applied propagation / auto-segmentation."""
         if not self._undo:
             return False
         prompt, edit = self._undo.pop()
@@ -383,6 +388,7 @@ class Session:
         self.prompts.clear()
         self._undo.clear()
         self._last_box = None
+        self._placed_boxes.clear()
         self._muted = True
         try:
             for node in self._nodes.values():
@@ -589,9 +595,15 @@ class Session:
         node = self.scene.GetNodeByID(prompt.node_id) if prompt.node_id else None
         if node is None:
             return
-        if prompt.kind == "box":
-            self._last_box = None
-            node.RemoveAllControlPoints()
+        if prompt.kind == "box":  # the ROI goes back to the previous box, if there was one
+            if self._placed_boxes:
+                self._placed_boxes.pop()
+            if self._placed_boxes:
+                self._last_box, snapshot = self._placed_boxes[-1]
+                node.CopyContent(snapshot)
+            else:
+                self._last_box = None
+                node.RemoveAllControlPoints()
             return
         index = node.GetNthControlPointIndexByID(prompt.point_id)
         if index >= 0:

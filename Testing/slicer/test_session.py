@@ -35,6 +35,13 @@ def largest_slice(mask: np.ndarray, axis: int) -> int:
     return int(np.argmax(mask.sum(axis=tuple(a for a in range(3) if a != 2 - axis))))
 
 
+def roi_geometry(roi: Any) -> np.ndarray:
+    """An ROI's world centre and size."""
+    center = [0.0, 0.0, 0.0]
+    roi.GetCenterWorld(center)
+    return np.array([*center, *roi.GetSize()])
+
+
 def to_ras(volume: Any, ijk: Any) -> np.ndarray:
     return (ijk_to_ras(volume) @ np.array([*ijk, 1.0]))[:3]
 
@@ -130,7 +137,9 @@ def test_points_and_boxes_in_views_with_exact_undo(mrml, segmentation, session, 
     assert session.notices and "box" in session.notices[-1]
     history.append(read_segment(segmentation, segment_id, mrml.volume))
     assert not history[-1].any(), "a point alone must not segment with a box-only model"
-    place_box(nodes(session)["box"], mrml.volume, liver, 2, k)
+    roi = nodes(session)["box"]
+    place_box(roi, mrml.volume, liver, 2, k)
+    axial_roi = roi_geometry(roi)
     history.append(read_segment(segmentation, segment_id, mrml.volume))
     box_and_point_dice = dice(history[-1][k], liver[k])
     negative.AddControlPoint(vtk.vtkVector3d(*to_ras(mrml.volume, (far_i[far], far_j[far], k))))
@@ -153,9 +162,14 @@ def test_points_and_boxes_in_views_with_exact_undo(mrml, segmentation, session, 
     assert np.array_equal(np.delete(history[-1], j, axis=1), np.delete(history[-2], j, axis=1)), \
         "the coronal box changed voxels off its slice"
 
-    for state in reversed(history[:-1]):
+    assert not np.allclose(roi_geometry(roi), axial_roi)
+    for step, state in enumerate(reversed(history[:-1])):
         assert session.undo()
         assert np.array_equal(read_segment(segmentation, segment_id, mrml.volume), state), "undo is not exact"
+        if step == 0:  # undoing the coronal box puts the ROI back on the axial box
+            assert np.allclose(roi_geometry(roi), axial_roi) and len(session.prompts) == 3
+        if step == 2:  # undoing the only box left removes the ROI
+            assert roi.GetNumberOfDefinedControlPoints() == 0
     assert not session.undo() and len(session.prompts) == 0
     assert positive.GetNumberOfControlPoints() == 0 and negative.GetNumberOfControlPoints() == 0
 

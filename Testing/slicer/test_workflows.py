@@ -174,6 +174,7 @@ def test_auto_segment_with_trained_model_adds_named_segments(mrml, segmentation,
                     "--iterations", "2", "--device", "cpu", "--name", "slicer-test"],
                    check=True, env=env, capture_output=True, timeout=900)
     model = next(a for a in worker.artefacts("auto_models") if a.name == "slicer-test")
+    assert model.label == "slicer-test (H-SAM: liver, spleen)"  # as the panel lists it
     existing = segmentation.GetSegmentation().AddEmptySegment("", "liver")
     SegmentSlices(segmentation, mrml.volume).write(existing, 2, 3, np.ones(mrml.volume.GetImageData().GetDimensions()[1::-1], bool))
     session.set_segment(segmentation, existing)

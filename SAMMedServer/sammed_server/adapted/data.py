@@ -115,9 +115,11 @@ class AnnotatedVolume:
 
 def training_windows(volumes: Sequence[AnnotatedVolume], classes: ClassTable, features: FeatureSource,
                      window: int, axis: int = 2, progress: Optional[Callable[[int, int], None]] = None,
-                     cancel: Optional[threading.Event] = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                     cancel: Optional[threading.Event] = None,
+                     images: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One ``(features (T, *shape), labels (T, S, S))`` pair per annotated slice, the window centred on it; slices
-    of the window without annotation are all −1 (ignored)."""
+    of the window without annotation are all −1 (ignored). With ``images``, the window's model-input images
+    ``(T, 3, S, S)`` instead of its features (for training with augmentation)."""
     size = features.backend.input_size
     samples = []
     total = sum(len(v.slices) for v in volumes)
@@ -133,7 +135,8 @@ def training_windows(volumes: Sequence[AnnotatedVolume], classes: ClassTable, fe
                 labels_to_model(mapped[slice_index(axis, i)], item.volume, axis, size) if i in annotated
                 else torch.full((size, size), -1, dtype=torch.long)
                 for i in indices])
-            samples.append((features.window(item.volume, axis, indices), labels))
+            inputs = features.images(item.volume, axis, indices) if images else features.window(item.volume, axis, indices)
+            samples.append((inputs, labels))
             if progress:
                 progress(len(samples), total)
     return samples

@@ -62,14 +62,22 @@ class FeatureSource:
         return cached.float()
 
     def _compute(self, volume: Volume, axis: int, indices: list[int]) -> torch.Tensor:
+        return self.encode(self.images(volume, axis, indices))
+
+    def images(self, volume: Volume, axis: int, indices: Sequence[int]) -> torch.Tensor:
+        """The model-input images ``(T, 3, S, S)`` (paper preprocessing, resized, padded, normalised) of one window."""
         values = self._volume_values(volume)
         transform = slice_transform(volume, axis, self.backend.input_size)
         slices = self.preprocessing.window_values(np.stack([values[slice_index(axis, i)] for i in indices]))
-        images = torch.stack([transform.pad(self.backend.normalize(transform.resize(s))) for s in slices])
-        with torch.no_grad():
-            features = self.stem(images.to(self.backend.device))
-            if self.trunk is not None:
-                features = self.trunk(features)
+        return torch.stack([transform.pad(self.backend.normalize(transform.resize(s))) for s in slices])
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Model-input images ``(N, 3, S, S)`` → features ``(N, *shape)`` (stem, or the whole frozen encoder), float32
+        on the CPU."""
+        features = self.stem(images.to(self.backend.device))
+        if self.trunk is not None:
+            features = self.trunk(features)
         return features.float().cpu()
 
     def _volume_values(self, volume: Volume) -> np.ndarray:

@@ -99,6 +99,7 @@ def _window_probabilities(model: AutoSegModel, features: FeatureSource, volume: 
         if embeddings is None:
             embeddings = model.embed(stems())[0].cpu()
             cache.put(key, centre, count, embeddings)
+            embeddings = embeddings.to(torch.float16)  # as the cache keeps it: same result cached or not
         return model.decode(embeddings[None].float().to(device))[0].float().cpu()
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..engine.backend import SamBackend
 from ..engine.cache import EmbeddingCache
 from ..settings import home_dir
+from .augmentation import AugmentedStems, RandomRotateScale
 from .data import AnnotatedVolume, ClassTable, training_windows
 from .features import FeatureSource
 from .preprocessing import preprocessing_for
@@ -65,10 +66,12 @@ def run_training_job(
     model = build_model(mode, backend, classes.num_classes, options)
     preprocessing = preprocessing_for(mode)
     features = FeatureSource(backend, preprocessing, cache, frozen_encoder=model.frozen_encoder)
-    samples = training_windows(volumes, classes, features, model.window, axis, feature_progress, cancel)
+    samples = training_windows(volumes, classes, features, model.window, axis, feature_progress, cancel,
+                               images=config.augment)
+    prepare = AugmentedStems(features, RandomRotateScale()) if config.augment else None
     fingerprint = job_fingerprint(mode, options, classes, volumes, axis, config, backend)
     checkpoint = home_dir() / "training" / f"{mode}-{fingerprint}" / "checkpoint.pt"
-    record = train_auto_model(model, samples, config, checkpoint, resume, progress, cancel)
+    record = train_auto_model(model, samples, config, checkpoint, resume, progress, cancel, prepare)
     training = {"axis": axis, "volumes": [{"volume": v.volume.content_hash, "slices": list(v.slices)} for v in volumes],
                 "config": asdict(config), "job": fingerprint}
     artefact_id = save_auto_model(model, name or f"{mode}-{'-'.join(classes.names)}", classes, preprocessing, backend,

@@ -20,6 +20,8 @@ from ..errors import CancelledError, CheckpointError, InputError
 from .base import AutoSegModel
 
 ProgressFn = Callable[[int, Optional[int], float], None]  # (step, total steps or None, loss)
+#: Turns a batch of sample inputs and labels into model inputs, drawing from the run's generator (augmentation).
+BatchPreparation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class AutoTrainingConfig:
     batch_size: int = 1
     seed: int = 0
     checkpoint_every: int = 5
+    augment: bool = False  # random rotation and scaling per window (augmentation.py); stems recomputed every step
 
     def check(self) -> "AutoTrainingConfig":
         if (self.iterations is None) == (self.minutes is None):
@@ -66,11 +69,14 @@ def train_auto_model(
     resume: bool = False,
     progress: Optional[ProgressFn] = None,
     cancel: Optional[threading.Event] = None,
+    prepare: Optional[BatchPreparation] = None,
 ) -> TrainingRecord:
     """Train ``model``'s trainable parameters on ``samples`` (``(features (T, ...), labels (T, S, S))`` pairs).
 
     ``checkpoint``: file written every ``checkpoint_every`` steps, on cancel and at the end; with ``resume`` an
-    existing one is loaded first. ``cancel`` stops between steps (after checkpointing) with :class:`CancelledError`.
+    existing one is loaded first. ``prepare`` maps each batch of sample inputs and labels to model inputs (e.g.
+    ``augmentation.AugmentedStems`` on image samples), drawing from the checkpointed generator so that a resumed
+    run stays exact. ``cancel`` stops between steps (after checkpointing) with :class:`CancelledError`.
     """
     config.check()
     if not samples:
@@ -95,6 +101,8 @@ def train_auto_model(
         picks = torch.randint(len(samples), (config.batch_size,), generator=generator).tolist()
         stems = torch.stack([samples[i][0] for i in picks]).to(device)
         labels = torch.stack([samples[i][1] for i in picks]).to(device)
+        if prepare is not None:
+            stems, labels = prepare(stems, labels, generator)
         optimiser.zero_grad(set_to_none=True)
         loss = model.training_loss(stems, labels, _progress(config, record))
         loss.backward()
