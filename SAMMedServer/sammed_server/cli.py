@@ -164,7 +164,7 @@ def _auto_training_options(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
     parser.add_argument("--name", default=None, help="artefact name (default: mode and organs)")
     parser.add_argument("--rank", type=int, default=None, help="LoRA/FacT rank (default: 4 for H-SAM, 32 for MA-SAM)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3; MA-SAM 3e-4)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", action="store_true",
@@ -391,6 +391,7 @@ def _segment_auto(args: argparse.Namespace) -> None:
 def _train_auto(args: argparse.Namespace) -> None:
     from .adapted.data import AnnotatedVolume, choose_slices, parse_classes
     from .adapted.jobs import run_training_job
+    from .adapted.store import DEFAULT_LEARNING_RATES
     from .adapted.training import AutoTrainingConfig
     from .engine.volume import load_volume
 
@@ -407,7 +408,8 @@ def _train_auto(args: argparse.Namespace) -> None:
             raise InputError(f"--slices must lie in 0..{count - 1} for {image_path.name}")
         slices = args.slices if args.slices is not None else choose_slices(labels, classes, args.axis, args.fraction or 0.1)
         volumes.append(AnnotatedVolume(volume, labels, tuple(sorted(set(slices)))))
-    config = AutoTrainingConfig(iterations=args.iterations, minutes=args.minutes, learning_rate=args.lr,
+    learning_rate = args.lr if args.lr is not None else DEFAULT_LEARNING_RATES[args.mode]
+    config = AutoTrainingConfig(iterations=args.iterations, minutes=args.minutes, learning_rate=learning_rate,
                                 batch_size=args.batch_size, seed=args.seed, augment=args.augment)
     predictor = _predictor(args)
     feature_bar, feature_update = _progress_bar("features", "slice")

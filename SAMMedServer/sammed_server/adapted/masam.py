@@ -170,4 +170,5 @@ def build_masam(backend, num_classes: int, rank: int = 32, window: int = WINDOW,
     prompt_encoder.image_embedding_size = (embedding, embedding)
     prompt_encoder.input_image_size = (size, size)
     decoder = ClassDecoder(backend.mask_decoder, prompt_encoder, num_classes, size)
-    return MASAM(trunk, facts, decoder, prompt_encoder, num_classes, size, window).to(backend.device)
+    device = next(trunk.parameters()).device  # the backend's: the new FacT, adapter and token weights follow it
+    return MASAM(trunk, facts, decoder, prompt_encoder, num_classes, size, window).to(device)
