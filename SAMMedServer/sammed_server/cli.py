@@ -30,6 +30,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+#: `train <command>` → automatic model mode (``adapted.store.MODES``).
+AUTO_MODES = {"hsam": "hsam", "masam": "masam", "decoder": "decoder_only"}
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sammed-server", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sammed-server {__version__}")
@@ -88,12 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     sapnet.add_argument("--beta", type=float, default=2.0, help="biased Dice: weight of false positives")
     _model_options(sapnet)
     sapnet.set_defaults(run=_train_sapnet)
-    for command, mode, text in (
-            ("hsam", "hsam", "H-SAM: LoRA encoder + hierarchical two-stage decoder, segments all organs"),
-            ("masam", "masam", "MA-SAM: FacT + 3D adapters on 5-slice windows, segments all organs"),
-            ("decoder", "decoder_only", "frozen encoder, SAM decoder with one token per organ (SAMed without LoRA): "
-                                        "no encoder pass while training, so about 70x faster per step on a CPU")):
-        _auto_training_options(train_kinds.add_parser(command, help=text)).set_defaults(run=_train_auto, mode=mode)
+    for command, text in (
+            ("hsam", "H-SAM: LoRA encoder + hierarchical two-stage decoder, segments all organs"),
+            ("masam", "MA-SAM: FacT + 3D adapters on 5-slice windows, segments all organs"),
+            ("decoder", "frozen encoder, SAM decoder with one token per organ (SAMed without LoRA): no encoder pass "
+                        "while training, so about 70x faster per step on a CPU")):
+        _auto_training_options(train_kinds.add_parser(command, help=text)).set_defaults(
+            run=_train_auto, mode=AUTO_MODES[command])
 
     evaluate = commands.add_parser("evaluate", help="SAM^Med prompt protocols per organ: Markdown table + CSV")
     evaluate.add_argument("volume", type=Path)
@@ -515,7 +519,7 @@ def _bench(args: argparse.Namespace) -> None:
 
         if sample.reference is None:
             raise InputError("--auto needs a labelmap to train on", "pass --reference LABELS")
-        modes = ["decoder_only" if mode == "decoder" else mode for mode in args.auto]
+        modes = [AUTO_MODES.get(command, command) for command in args.auto]
         print_table(auto_model_bench(volume, sample.reference, modes, args.auto_steps, args.model, args.checkpoint,
                                      args.device), f"automatic models (LiteMedSAM backbone unless --model): {volume.name}")
     if args.http:

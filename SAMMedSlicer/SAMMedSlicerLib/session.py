@@ -136,7 +136,6 @@ class Session:
         self._nodes: dict[str, Any] = {}
         self._muted = False
         self._roi_dragging = False
-        self._last_box: Optional[P.SliceBox] = None
         self._placed_boxes: list[tuple[P.SliceBox, Any]] = []  # each accepted box and a copy of the ROI it came from
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sammed-upload")
         self._upload: Optional[Future] = None
@@ -326,10 +325,9 @@ class Session:
         in_views = self._view_axes(center)
         axis = thinnest if thinnest in in_views or not in_views else in_views[0]
         box = P.box_on_slice(np.linalg.inv(ijk_to_ras(volume)), corners, center, axis, dims_ijk(volume))
-        if box == self._last_box:
+        if self._placed_boxes and box == self._placed_boxes[-1][0]:
             return None
         edit = self.add_prompt(P.Prompt("box", box.axis, box.index, box.corners, roi.GetID()))
-        self._last_box = box
         snapshot = roi.NewInstance()
         snapshot.CopyContent(roi)
         self._placed_boxes.append((box, snapshot))
@@ -387,7 +385,6 @@ class Session:
         """Forget all prompts and remove their markups; the segment stays as it is (undo history is cleared)."""
         self.prompts.clear()
         self._undo.clear()
-        self._last_box = None
         self._placed_boxes.clear()
         self._muted = True
         try:
@@ -593,21 +590,16 @@ class Session:
 
     def _remove_markup(self, prompt: P.Prompt) -> None:
         node = self.scene.GetNodeByID(prompt.node_id) if prompt.node_id else None
-        if node is None:
-            return
-        if prompt.kind == "box":  # the ROI goes back to the previous box, if there was one
-            if self._placed_boxes:
-                self._placed_boxes.pop()
-            if self._placed_boxes:
-                self._last_box, snapshot = self._placed_boxes[-1]
-                node.CopyContent(snapshot)
-            else:
-                self._last_box = None
+        if prompt.kind == "box":  # every box prompt came from add_roi; the ROI goes back to the previous box
+            self._placed_boxes.pop()
+            if node is not None and self._placed_boxes:
+                node.CopyContent(self._placed_boxes[-1][1])
+            elif node is not None:
                 node.RemoveAllControlPoints()
-            return
-        index = node.GetNthControlPointIndexByID(prompt.point_id)
-        if index >= 0:
-            node.RemoveNthControlPoint(index)
+        elif node is not None:
+            index = node.GetNthControlPointIndexByID(prompt.point_id)
+            if index >= 0:
+                node.RemoveNthControlPoint(index)
 
     def _send_volume(
         self, array: np.ndarray, geometry: Any, axis: int, focus: Optional[int], precompute: bool
