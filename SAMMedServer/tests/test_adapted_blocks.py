@@ -15,7 +15,7 @@ from sammed_server.adapted.hsam import (
     ClassBalancedMaskAttention, build_hsam, prior_masked_attention, stage1_weight,
 )
 from sammed_server.adapted.lora import LoRA, add_lora
-from sammed_server.adapted.losses import ce_dice_loss
+from sammed_server.training.losses import ce_dice_loss
 from sammed_server.adapted.qkv import QVDelta
 from sammed_server.adapted.stem import EncoderTrunk, FrozenStem
 from sammed_server.engine.backend import SamBackend

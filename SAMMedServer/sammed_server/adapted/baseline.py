@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..training.losses import ce_dice_loss
 from .base import AutoSegModel
 from .decoder import ClassDecoder
-from .losses import ce_dice_loss
 
 
 class DecoderOnly(AutoSegModel):

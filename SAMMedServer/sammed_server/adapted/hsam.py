@@ -29,12 +29,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError
+from ..training.losses import ce_dice_loss
 from .base import AutoSegModel
 from .decoder import (
     ClassDecoder, DecoderOutput, UpStep, class_hypernetworks, class_masks, extra_steps, prompt_free_inputs, upscale_pyramid,
 )
 from .lora import add_lora
-from .losses import ce_dice_loss
 from .stem import EncoderTrunk
 
 STAGE1_WEIGHT = (0.5, 0.1)  # stage-1 loss weight at the start and at the end of training

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..training.losses import ce_dice_loss
 from .adapter3d import Adapter3D, TinyViTBlock3D, ViTBlock3D
 from .base import AutoSegModel
 from .decoder import ClassDecoder
 from .fact import FacT
-from .losses import ce_dice_loss
 from .qkv import QVDelta
 from .stem import EncoderTrunk
 
