@@ -1,4 +1,4 @@
-"""`sammed-server`: serve | embed | segment | train | evaluate | demo | bench | weights.
+"""`sammed-server`: serve | embed | segment | batch | train | evaluate | demo | bench | weights.
 
 One module per command group; each has ``register(commands)`` that adds its sub-parser(s) and handlers.
 """
@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import SAMMedError
-from . import demo, evaluate, segment, serve, train, weights
+from . import batch, demo, evaluate, segment, serve, train, weights
 
-COMMAND_GROUPS = (serve, segment, train, evaluate, demo, weights)
+COMMAND_GROUPS = (serve, segment, batch, train, evaluate, demo, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,13 +129,27 @@ def load_volume(path: str | Path) -> Volume:
     path = Path(path).expanduser()
     if not path.exists():
         raise VolumeReadError(f"no such file or folder: {path}")
-    image = _read_dicom_folder(path) if path.is_dir() else _read_file(path)
+    return _scalar_volume(_read_dicom_folder(path) if path.is_dir() else _read_file(path), path.name)
+
+
+def load_dicom_series(files: Sequence[str | Path], name: str = "the DICOM series") -> Volume:
+    """Read the DICOM files of one series, in the given (slice) order: slice k of the volume is ``files[k]``."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeReadError(f"cannot read {name}: {str(exc).strip()[:160]}") from None
+    return _scalar_volume(image, name)
+
+
+def _scalar_volume(image: sitk.Image, name: str) -> Volume:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
-            f"{path.name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed"
+            f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed"
         )
     if image.GetDimension() != 3 or image.GetSize()[2] == 1:
-        raise InputError(f"{path.name} is a 2D or {image.GetDimension()}D image of size {image.GetSize()}; a 3D volume is needed")
+        raise InputError(f"{name} is a 2D or {image.GetDimension()}D image of size {image.GetSize()}; a 3D volume is needed")
     return volume_from_array(
         sitk.GetArrayViewFromImage(image).copy(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
     )
