@@ -14,7 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: SAMMedServer/pyproject.toml SAMMedServer/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch torchvision
-	$(PIP) -e "SAMMedServer[test]"
+	$(PIP) -e "SAMMedServer[test,cluster]"
 	touch $@
 
 demo: venv
@@ -56,7 +56,7 @@ test-view: venv venv-view
 test: test-server test-slicer test-view
 
 bench: venv
-	$(VENV)/bin/sammed-server bench --http --auto hsam,masam,decoder
+	$(VENV)/bin/sammed-server bench --http --auto hsam,masam,decoder --batch
 
 clean:
 	rm -rf $(VENV) $(SLICER_VENV) $(VIEW_VENV) out .pytest_cache

@@ -108,13 +108,12 @@ def _folder_cases(root: Path) -> list[Case]:
             lower = name.lower()
             if lower.endswith(VOLUME_SUFFIXES) and not lower.endswith(NOT_VOLUMES):
                 cases.append(Case(case_slug(str(relative / _strip_suffix(name))), "file", str(Path(folder) / name)))
-        series = reader.GetGDCMSeriesIDs(folder) if any(not n.lower().endswith(VOLUME_SUFFIXES) for n in names) else ()
-        for series_uid in series:
-            files = tuple(reader.GetGDCMSeriesFileNames(folder, series_uid))
-            if _is_segmentation(files[0]):
-                continue
+        found = reader.GetGDCMSeriesIDs(folder) if any(not n.lower().endswith(VOLUME_SUFFIXES) for n in names) else ()
+        series = {uid: files for uid in found
+                  if not _is_segmentation((files := tuple(reader.GetGDCMSeriesFileNames(folder, uid)))[0])}
+        for series_uid, files in series.items():
             name = str(relative) if str(relative) != "." else root.name
-            suffix = f"_{series_uid[-8:]}" if len(series) > 1 else ""
+            suffix = f"_{series_uid.split('.')[-1]}" if len(series) > 1 else ""
             cases.append(Case(case_slug(name + suffix), "dicom", folder, files, series_uid=series_uid))
     return cases
 

@@ -28,6 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--auto", type=names, default=None,
                        help="also time automatic models, e.g. hsam,masam,decoder (needs the labelmap)")
     bench.add_argument("--auto-steps", type=int, default=3, help="timed training steps per automatic model")
+    bench.add_argument("--batch", action="store_true",
+                       help="also time `batch` on Ray: cases/minute for 1 and 2 workers, read/infer/write split")
     model_options(bench)
     bench.set_defaults(run=_bench)
 
@@ -68,6 +70,12 @@ def _bench(args: argparse.Namespace) -> None:
         modes = [AUTO_MODES.get(command, command) for command in args.auto]
         print_table(auto_model_bench(volume, sample.reference, modes, args.auto_steps, args.model, args.checkpoint,
                                      args.device), f"automatic models (LiteMedSAM backbone unless --model): {volume.name}")
+    if args.batch:
+        from ..batch.bench import batch_bench
+
+        if sample.reference is None:
+            raise InputError("--batch trains its model on a labelmap", "pass --reference LABELS")
+        print_table(batch_bench(volume, sample.reference, device=args.device), f"cohort runs on Ray: {volume.name}")
     if args.http:
         from ..api.bench_http import http_roundtrip_bench
 
