@@ -33,6 +33,7 @@ class CaseRecord:
     seconds: dict[str, float] = field(default_factory=dict)  # read, infer, write
     organ_volumes_ml: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)  # kind → path relative to the run folder (or a URL)
+    notes: list[str] = field(default_factory=list)  # what a done case lacks, e.g. why it has no DICOM SEG
     model_id: str = ""
     weights_sha256: str = ""
     worker: str = ""

@@ -60,11 +60,11 @@ def summary_csv(records: list[CaseRecord]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["case", "status", "error", "input", *(f"{s}_s" for s in STEPS),
-                     *(f"{o}_ml" for o in organs), "seg_nrrd", "dicom_seg"])
+                     *(f"{o}_ml" for o in organs), "seg_nrrd", "dicom_seg", "notes"])
     for r in records:
         writer.writerow([r.case_id, r.status, r.error, r.input, *(r.seconds.get(s, "") for s in STEPS),
                          *(r.organ_volumes_ml.get(o, "") for o in organs),
-                         r.outputs.get("seg_nrrd", ""), r.outputs.get("dicom_seg", "")])
+                         r.outputs.get("seg_nrrd", ""), r.outputs.get("dicom_seg", ""), "; ".join(r.notes)])
     return buffer.getvalue()
 
 

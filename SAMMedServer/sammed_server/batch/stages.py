@@ -143,6 +143,8 @@ class WriteStep:
         return row
 
     def _write(self, row: Row) -> Row:
+        from ..engine.dicom_seg import read_series
+
         case = Case.from_json(row["case"])
         volume = row_volume(row)
         names = json.loads(row["segments"])
@@ -153,13 +155,19 @@ class WriteStep:
         outputs = {"seg_nrrd": self._place(folder / f"{case.case_id}.seg.nrrd", volume, segments)}
         if self.nifti:
             outputs["nifti"] = self._place(folder / f"{case.case_id}.nii.gz", volume, segments)
+        notes = []
         if self.dicom_seg and case.kind in ("dicom", "dicomweb"):
-            outputs.update(self._dicom_seg(case, folder, volume, segments))
+            source = read_series(case.files)
+            if all("FrameOfReferenceUID" in ds for ds in source):
+                outputs.update(self._dicom_seg(case, folder, volume, segments, source))
+            else:  # a SEG must share its source's frame of reference: inventing one would misplace it
+                notes.append("no DICOM SEG: the source series has no Frame of Reference UID")
         outputs["thumbnail"] = self._thumbnail(folder / "thumbnail.png", volume, segments)
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         row["result"] = json.dumps({
             "outputs": outputs,
             "organ_volumes_ml": {s.name: round(float(np.count_nonzero(s.mask)) * voxel_ml, 3) for s in segments},
+            "notes": notes,
         })
         return row
 
@@ -168,10 +176,11 @@ class WriteStep:
 
         return self._atomic(path, lambda temporary: write_segmentation(volume, segments, temporary))
 
-    def _dicom_seg(self, case: Case, folder: Path, volume: Volume, segments: list[Segment]) -> dict[str, str]:
-        from ..engine.dicom_seg import build_dicom_seg, read_series
+    def _dicom_seg(self, case: Case, folder: Path, volume: Volume, segments: list[Segment],
+                   source: list) -> dict[str, str]:
+        from ..engine.dicom_seg import build_dicom_seg
 
-        seg = build_dicom_seg(volume, segments, read_series(case.files), series_description=f"SAMMed {case.case_id}"[:64])
+        seg = build_dicom_seg(volume, segments, source, series_description=f"SAMMed {case.case_id}"[:64])
         outputs = {"dicom_seg": self._atomic(folder / f"{case.case_id}.seg.dcm", lambda t: seg.save_as(str(t)))}
         if case.kind == "dicomweb":
             from .dicomweb import store
@@ -224,6 +233,7 @@ def record_fields(row: Row) -> dict[str, Any]:
         "volume_hash": geometry.get("hash", ""),
         "organ_volumes_ml": result.get("organ_volumes_ml", {}),
         "outputs": result.get("outputs", {}) if not row["error"] else {},
+        "notes": result.get("notes", []),
         "worker": row["worker"],
     }
 

@@ -149,7 +149,8 @@ def _scalar_volume(image: sitk.Image, name: str) -> Volume:
             f"{name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed"
         )
     if image.GetDimension() != 3 or image.GetSize()[2] == 1:
-        raise InputError(f"{name} is a 2D or {image.GetDimension()}D image of size {image.GetSize()}; a 3D volume is needed")
+        shape = f"{image.GetDimension()}D" if image.GetDimension() != 3 else "single-slice (2D)"
+        raise InputError(f"{name} is a {shape} image of size {image.GetSize()}; a 3D volume is needed")
     return volume_from_array(
         sitk.GetArrayViewFromImage(image).copy(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
     )
