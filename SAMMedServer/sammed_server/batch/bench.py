@@ -18,7 +18,7 @@ import SimpleITK as sitk
 Row = tuple[str, str]
 
 
-def batch_bench(volume_path: Path, labels_path: Path, workers: Sequence[int] = (1, 2), cases: int = 8,
+def batch_bench(volume_path: Path, labels_path: Path, workers: Sequence[int] = (1, 2), cases: int = 6,
                 slices: int = 3, device: Optional[str] = None) -> list[Row]:
     from .cases import discover_cases
     from .model import resolve_model

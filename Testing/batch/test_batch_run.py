@@ -1,7 +1,8 @@
 """`sammed-server batch` as users run it: a real subprocess on a local Ray (2 CPUs, 1 worker), a model trained by
 the CLI, and a cohort of 22 small real volumes (2–3 slice crops of ../shared/data in NIfTI/NRRD/MHA, a flipped copy,
 DICOM series, a CSV list) of which 2 are broken. The first run is killed with SIGKILL after its first finished
-case, the second completes it, the third only retries the 2 broken cases. A real Orthanc PACS (Debian packages,
+case, the second completes it, the third — started the way the Slicer module starts it — only retries the 2 broken
+cases. A real Orthanc PACS (Debian packages,
 loopback, random ports) serves a series over DICOMweb; the SEG the batch stores back must equal its .seg.nrrd."""
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from sammed_server.engine.dicom_seg import read_dicom_seg
-from sammed_server.engine.volume import load_dicom_series, load_volume
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "SAMMedSlicer"))
+
+from sammed_server.engine.dicom_seg import read_dicom_seg  # noqa: E402
+from sammed_server.engine.volume import load_dicom_series, load_volume  # noqa: E402
 
 pytest.importorskip("ray", reason="`batch` needs the cluster extra (pip install sammed-server[cluster])")
 
@@ -151,7 +154,9 @@ def test_cohort_finishes_with_the_broken_cases_reported(killed_then_finished, co
         assert f"failed: {case_id}: " in second.stderr
     done = {cid: r for cid, r in records.items() if r["status"] == "done"}
     assert len(done) == 20
-    assert len({r["worker"] for r in done.values()}) == 1  # one Ray worker, its model loaded once
+    done_at_kill = {cid for cid, r in killed_then_finished["after_kill"]["cases"].items() if r["status"] == "done"}
+    workers = {r["worker"] for cid, r in done.items() if cid not in done_at_kill}
+    assert len(workers) == 1  # the second run's one Ray worker did all its cases (its model loaded once)
     report = json.loads((run / "report.json").read_text())
     assert (report["cases"], report["done"], report["failed"]) == (22, 20, 2)
     assert report["organ_volume_ml"]["liver"]["n"] == 20 and report["organ_volume_ml"]["liver"]["max"] > 10
@@ -189,10 +194,25 @@ def test_cohort_finishes_with_the_broken_cases_reported(killed_then_finished, co
     assert ct[0] > 10 and ct[0] == ct[1] == ct[2]  # format copies: the same result
 
 
-def test_rerun_only_retries_the_failed_cases(killed_then_finished, cohort, model_id, batch_env):
+def test_rerun_from_slicer_only_retries_the_failed_cases(killed_then_finished, cohort, model_id, batch_env):
+    """The third run is started as the Slicer module starts it (SAMMedSlicerLib.batch), polled until it ends."""
+    from SAMMedSlicerLib.batch import BatchJob, batch_command
+
     run, before = killed_then_finished["run"], killed_then_finished["final"]
-    third = cli("batch", "--auto", model_id, *cohort["inputs"], "-o", str(run), *RAY_OPTIONS, env=batch_env)
-    assert third.returncode == 1, third.stderr[-2000:]
+    command = batch_command(sys.executable, model_id, cohort["inputs"], str(run), workers=1, device="cpu",
+                            extra=RAY_OPTIONS[:2] + RAY_OPTIONS[4:6])
+    job = BatchJob(command, run, env=batch_env)
+    job.start()
+    seen = []
+    while (progress := job.progress()).running:
+        seen.append(progress)
+        time.sleep(0.2)
+    assert progress.returncode == 1, job.log.read_text()[-2000:]
+    assert (progress.total, progress.done, progress.failed) == (22, 20, 2)
+    assert seen and all(p.total == 22 and p.done == 20 for p in seen)  # finished cases never go back
+    finished = job.finished_cases()
+    assert len(finished) == 20 and all(case.segmentation.is_file() for case in finished)
+    assert set(job.failures()) == set(BROKEN)
     after = read_manifest(run)
     report = json.loads((run / "report.json").read_text())
     assert report["ran_this_time"] == 2 and report["done"] == 20
@@ -201,7 +221,7 @@ def test_rerun_only_retries_the_failed_cases(killed_then_finished, cohort, model
             assert record["attempts"] == before["cases"][case_id]["attempts"] + 1 and record["status"] == "failed"
         else:
             assert record == before["cases"][case_id]
-    assert "20 done, 2 failed of 22 case(s); 2 run now" in third.stdout
+    assert "20 done, 2 failed of 22 case(s); 2 run now" in job.log.read_text()
 
 
 ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
