@@ -90,3 +90,12 @@ def test_without_ray_batch_says_how_to_install_it(tmp_path):
     assert "runs on Ray, which is not installed" in result.stderr
     assert 'pip install "sammed-server[cluster]"' in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_too_few_cpus_for_the_workers_is_a_usage_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sammed_server.cli", "batch", "--auto", "any", str(tmp_path),
+                             "-o", str(tmp_path / "run"), "--num-cpus", "2", "--workers", "2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--num-cpus 2 leaves no CPU to read and write cases on" in result.stderr
+    assert "give at least 3" in result.stderr and not (tmp_path / "run").exists()

@@ -37,7 +37,6 @@ def batch_bench(volume_path: Path, labels_path: Path, workers: Sequence[int] = (
             for count in workers:
                 os.environ["SAMMED_CACHE_DIR"] = str(Path(root) / f"cache-{count}")  # every slice encoded
                 options = BatchOptions(Path(root) / f"run-{count}", workers=count, object_store_mb=256,
-                                       num_cpus=None if gpu else max(os.cpu_count() or 1, count),
                                        gpus_per_worker=1.0 / count if gpu else 0.0)
                 report = run_batch(discover_cases([cohort]), spec, options)
                 split = report["mean_seconds"]

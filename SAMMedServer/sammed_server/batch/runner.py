@@ -10,6 +10,7 @@ passed on to the workers).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -116,5 +117,17 @@ def _init(ray, options: BatchOptions) -> None:
         settings = {k: v for k, v in os.environ.items() if k.startswith("SAMMED_")}
         ray.init(address=options.address, runtime_env={"env_vars": settings}, **common)
     else:
-        ray.init(num_cpus=options.num_cpus, object_store_memory=options.object_store_mb * 2**20,
+        ray.init(num_cpus=local_cpus(options), object_store_memory=options.object_store_mb * 2**20,
                  include_dashboard=False, **common)
+
+
+def local_cpus(options: BatchOptions) -> int:
+    """CPUs for a local Ray: ``num_cpus`` (default: all cores), but at least the workers' share plus one for
+    reading and writing — with less, Ray Data would wait forever for a CPU to read the next case on."""
+    needed = math.ceil(options.workers * options.cpus_per_worker + 1)
+    if options.num_cpus is None:
+        return max(os.cpu_count() or 1, needed)
+    if options.num_cpus < needed:
+        raise InputError(f"--num-cpus {options.num_cpus} leaves no CPU to read and write cases on",
+                         f"give at least {needed} for {options.workers} worker(s) of {options.cpus_per_worker} CPU")
+    return options.num_cpus

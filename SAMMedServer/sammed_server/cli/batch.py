@@ -49,17 +49,19 @@ def _batch(args: argparse.Namespace) -> int:
 
     from ..batch.cases import discover_cases
     from ..batch.model import resolve_model
-    from ..batch.runner import BatchOptions, import_ray, run_batch
+    from ..batch.runner import BatchOptions, import_ray, local_cpus, run_batch
 
     import_ray()  # before any work: without Ray, say how to get it
     if args.workers < 1:
         raise InputError("--workers must be at least 1")
-    cases = _cases(args, discover_cases)
-    spec = resolve_model(args.auto, args.prompt_encoder, args.device, args.axis, args.window)
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (
         1.0 if (args.device or "").startswith("cuda") else 0.0)
     options = BatchOptions(args.output, args.workers, args.address, args.num_cpus, args.object_store_mb,
                            args.cpus_per_worker, gpus, not args.no_dicom_seg, args.nifti)
+    if not args.address:
+        local_cpus(options)  # a --num-cpus too small for the workers is a usage error, before any work
+    cases = _cases(args, discover_cases)
+    spec = resolve_model(args.auto, args.prompt_encoder, args.device, args.axis, args.window)
     bar = tqdm(total=len(cases), desc="cases", unit="case", dynamic_ncols=True)
     counts = {"done": 0, "failed": 0}
 
