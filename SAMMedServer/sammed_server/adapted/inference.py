@@ -108,6 +108,27 @@ def _embedding_shape(model: AutoSegModel, features: FeatureSource) -> tuple[int,
     return (model.window, backend.mask_decoder.transformer_dim, backend.embedding_size, backend.embedding_size)
 
 
+class StoredAutoModel:
+    """A stored automatic model rebuilt on ``backend`` once, to segment any number of volumes."""
+
+    def __init__(self, artefact_id: str, backend: SamBackend, cache: EmbeddingCache) -> None:
+        from .store import load_auto_model, manifest_classes, manifest_preprocessing
+
+        self.model, manifest = load_auto_model(artefact_id, backend)
+        self.classes = manifest_classes(manifest)
+        self.features = FeatureSource(backend, manifest_preprocessing(manifest), cache,
+                                      frozen_encoder=self.model.frozen_encoder)
+        self.key = (manifest["id"], manifest["weights_sha256"])
+
+    def segment(self, volume: Volume, axis: int = 2, progress: Optional[Callable[[int, int], None]] = None,
+                cancel: Optional[threading.Event] = None) -> list[Segment]:
+        """One named, coloured segment per organ."""
+        predicted = predict_classes(self.model, self.features, volume, axis, self.key, progress=progress,
+                                    cancel=cancel)
+        return [Segment(name, predicted == i + 1, tuple(color))
+                for i, (name, color) in enumerate(zip(self.classes.names, self.classes.colors))]
+
+
 def segment_with_auto_model(
     artefact_id: str,
     backend: SamBackend,
@@ -118,12 +139,4 @@ def segment_with_auto_model(
     cancel: Optional[threading.Event] = None,
 ) -> list[Segment]:
     """Segment ``volume`` with the stored automatic model ``artefact_id``: one named, coloured segment per organ."""
-    from .store import load_auto_model, manifest_classes, manifest_preprocessing
-
-    model, manifest = load_auto_model(artefact_id, backend)
-    classes = manifest_classes(manifest)
-    features = FeatureSource(backend, manifest_preprocessing(manifest), cache, frozen_encoder=model.frozen_encoder)
-    predicted = predict_classes(model, features, volume, axis, (manifest["id"], manifest["weights_sha256"]),
-                                progress=progress, cancel=cancel)
-    return [Segment(name, predicted == i + 1, tuple(color))
-            for i, (name, color) in enumerate(zip(classes.names, classes.colors))]
+    return StoredAutoModel(artefact_id, backend, cache).segment(volume, axis, progress, cancel)

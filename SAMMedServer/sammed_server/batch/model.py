@@ -72,14 +72,9 @@ class LoadedModel:
             self.encoder = load_prompt_encoder(spec.prompt_encoder, backend) if spec.prompt_encoder else None
             self.prompt = read_manifest("prompt_encoders", spec.prompt_encoder)["prompt_type"] if spec.prompt_encoder else "box"
         else:
-            from ..adapted.features import FeatureSource
-            from ..adapted.store import load_auto_model, manifest_classes, manifest_preprocessing
+            from ..adapted.inference import StoredAutoModel
 
-            self.auto_model, manifest = load_auto_model(spec.model_id, backend)
-            self.classes = manifest_classes(manifest)
-            self.features = FeatureSource(backend, manifest_preprocessing(manifest), self.predictor.cache,
-                                          frozen_encoder=self.auto_model.frozen_encoder)
-            self.model_key = (manifest["id"], manifest["weights_sha256"])
+            self.auto_model = StoredAutoModel(spec.model_id, backend, self.predictor.cache)
 
     def segment(self, volume: Volume) -> list[Segment]:
         """One named, coloured segment per organ the model knows, on ``volume``'s grid."""
@@ -90,8 +85,4 @@ class LoadedModel:
             result = auto_segment(self.predictor, prepared, self.spec.axis, self.sapnet, prompt_encoder=self.encoder,
                                   prompt=self.prompt)
             return [Segment(self.sapnet.name, result.mask, default_color(0))]
-        from ..adapted.inference import predict_classes
-
-        predicted = predict_classes(self.auto_model, self.features, volume, self.spec.axis, self.model_key)
-        return [Segment(name, predicted == i + 1, tuple(color))
-                for i, (name, color) in enumerate(zip(self.classes.names, self.classes.colors))]
+        return self.auto_model.segment(volume, self.spec.axis)
