@@ -6,6 +6,7 @@ A thin shell: the panel (Widget), a facade over SAMMedSlicerLib (Logic) and the 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -18,16 +19,21 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SAMMedSlicerLib.client import SAMMedClient, SAMMedClientError
-from SAMMedSlicerLib.parameters import Parameters
-from SAMMedSlicerLib.server_process import (
-    ServerProcess, WorkerError, create_env_commands, env_executable, serve_command,
-)
+from SAMMedSlicerLib.client import SAMMedClientError
+from SAMMedSlicerLib.parameters import Parameters, segment_editor_node
+from SAMMedSlicerLib.placing import placing_role, start_placing, stop_placing
+from SAMMedSlicerLib.server_process import WorkerError
 from SAMMedSlicerLib.session import Session, create_prompt_nodes, slice_of_view
+from SAMMedSlicerLib.session_status import SessionStatus, advance_task, fetch_session_status
+from SAMMedSlicerLib.worker import SOURCES, Handover, Worker, WorkerInfo, local_launch
+from SAMMedSlicerLib.worker_install import InstallRun, install_plan
 
 SETTINGS_PREFIX = "SAMMed/"
 SHORTCUTS = {"Shift+A": "positivePoints", "Shift+S": "negativePoints", "Shift+B": "box"}
+PROMPT_ROLES = ("positivePoints", "negativePoints", "box")
 POLL_MS = 500
+HANDOVER = "SAMMedSlicerWorkerHandover"  # slicer.modules attribute: the running worker, from Reload to the new widget
+SOURCE_LABELS = {"slicer": "Slicer's Python", "python": "Another Python", "remote": "Remote worker"}
 
 
 class SAMMedSlicer(ScriptedLoadableModule):
@@ -53,14 +59,27 @@ def set_setting(name: str, value: str) -> None:
     qt.QSettings().setValue(SETTINGS_PREFIX + name, value)
 
 
+def installed_version(package: str) -> Optional[str]:
+    """Version of ``package`` in this (Slicer's) Python, None when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 class SAMMedSlicerLogic(ScriptedLoadableModuleLogic):
-    """Facade the widget and tests use: the worker (local process or remote URL) and the prompt session."""
+    """Facade the widget and tests use: the worker (:class:`Worker`, three ways) and the prompt session."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.client: Optional[SAMMedClient] = None
-        self.process: Optional[ServerProcess] = None
+        self.worker = Worker()
         self.session: Optional[Session] = None
+
+    @property
+    def client(self) -> Any:
+        return self.worker.client
 
     @staticmethod
     def parameters() -> Parameters:
@@ -78,40 +97,31 @@ class SAMMedSlicerLogic(ScriptedLoadableModuleLogic):
                 return candidate
         raise WorkerError("the SAMMedServer sources are not installed with this extension")
 
-    @staticmethod
-    def default_env_dir() -> str:
-        return os.path.join(os.path.expanduser("~"), ".sammed", "worker-env")
+    def install(self, source: str, python: str) -> InstallRun:
+        """Start installing the worker (``slicer``: into Slicer's Python; ``python``: into the named one); poll the
+        returned run from a timer. Raises WorkerError with what to do where it cannot work."""
+        steps, environment = install_plan(
+            source, self.server_source(), python, startup_environment=slicer.util.startupEnvironment(),
+            torch_version=installed_version("torch"), pytorch_extension=hasattr(slicer.modules, "pytorchutils"),
+            slicer_home=slicer.app.slicerHome,
+        )
+        return InstallRun(steps, environment)
 
-    def environment_commands(self, env_dir: str) -> list[list[str]]:
-        """venv + pip commands with Slicer's Python (``sys.executable`` is PythonSlicer inside Slicer)."""
-        source = self.server_source()
-        constraints = os.path.join(source, "constraints.txt")
-        return create_env_commands(env_dir, source, constraints if os.path.isfile(constraints) else None)
+    def start_local_worker(self, source: str, python: str, port: int, model: Optional[str] = None) -> None:
+        """(Re)start the local worker; returns at once, ``worker.on_connected`` fires when it answers."""
+        self.end_session()
+        launch = local_launch(source, port, python, model, startup_environment=slicer.util.startupEnvironment(),
+                              slicer_home=slicer.app.slicerHome)
+        self.worker.start_local(launch, port)
 
-    def create_environment(self, env_dir: str) -> str:
-        """Run the environment commands (the widget asks the user first); returns the worker's python."""
-        for command in self.environment_commands(env_dir):
-            process = slicer.util.launchConsoleProcess(command)
-            slicer.util.logProcessOutput(process)  # raises CalledProcessError with the output on failure
-        return env_executable(env_dir, "python")
-
-    def connect(self, url: str, token: Optional[str] = None) -> Any:
-        """Use the worker at ``url``; returns its health (raises on protocol mismatch or no answer)."""
-        self.client = SAMMedClient(url, token=token or None)
-        return self.client.health()
-
-    def start_local_worker(self, executable: str, port: int, model: Optional[str] = None) -> Any:
-        """(Re)start the local worker from ``executable`` (its python or sammed-server) and wait for health."""
-        self.stop_worker()
-        url = f"http://127.0.0.1:{port}"
-        self.client = SAMMedClient(url)
-        self.process = ServerProcess(serve_command(executable, port=port, model=model), self.client.health)
-        return self.process.start()
+    def connect(self, url: str, token: Optional[str] = None) -> None:
+        """Use the worker at ``url``; returns at once, ``worker.on_connected`` fires when it answers."""
+        self.end_session()
+        self.worker.connect(url, token)
 
     def stop_worker(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
+        self.end_session()
+        self.worker.stop()
 
     def start_session(self, on_error: Any = None, on_notice: Any = None) -> Session:
         """A prompt session on the connected worker (replacing the previous one)."""
@@ -119,21 +129,29 @@ class SAMMedSlicerLogic(ScriptedLoadableModuleLogic):
             raise WorkerError("start the worker or test the connection first")
         self.end_session()
         model = self.parameters().get("model") or None
-        self.session = Session(slicer.mrmlScene, self.client, model=model, on_error=on_error, on_notice=on_notice)
+        self.session = Session(slicer.mrmlScene, self.client, model=model, editor_node=segment_editor_node(slicer.mrmlScene),
+                               on_error=on_error, on_notice=on_notice)
         return self.session
 
     def end_session(self) -> None:
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+        """Close the session: its running task is cancelled (on a thread) and its preview removed."""
+        session, self.session = self.session, None
+        if session is None:
+            return
+        if session.task is not None and session.task.state == "running":
+            self.worker.calls.submit("cancel", session.cancel_task)
+        session.discard_pending()
+        session.close()
 
     def shutdown(self) -> None:
+        """Slicer quits: end the session and stop the local worker."""
         self.end_session()
-        self.stop_worker()
+        self.worker.shutdown()
 
 
 class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: selections, worker line, prompt tools; a timer polls the precompute (the UI never blocks on it)."""
+    """The panel. Every blocking call (start, connect, status, install) runs off the main thread; one timer
+    (``onPoll``) picks up the results."""
 
     def __init__(self, parent: Any = None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -142,8 +160,11 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.params: Optional[Parameters] = None
         self.shortcuts: list[Any] = []
         self.timer: Optional[Any] = None
+        self.install: Optional[InstallRun] = None
         self._focus: Optional[tuple[int, int]] = None
         self._encoderTypes: dict[str, str] = {}
+        self._taskRunning = False
+        self._pollError = ""
 
     def setup(self) -> None:
         super().setup()
@@ -152,21 +173,24 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(panel)
         panel.setMRMLScene(slicer.mrmlScene)
         self.logic = SAMMedSlicerLogic()
+        worker = self.logic.worker
+        worker.on_connected, worker.on_status, worker.on_error = self._connected, self._status, self._workerError
 
-        self.ui.pythonPathLineEdit.text = setting("python", env_executable(SAMMedSlicerLogic.default_env_dir(), "python"))
+        for source in SOURCES:
+            self.ui.workerSourceComboBox.addItem(SOURCE_LABELS[source], source)
+        self.ui.pythonPathLineEdit.text = setting("python")
         self.ui.workerTokenLineEdit.text = setting("token")
         self.ui.volumeSelector.currentNodeChanged.connect(self.onVolumeChanged)
         self.ui.segmentationSelector.currentNodeChanged.connect(self.onSegmentationChanged)
         self.ui.segmentSelector.currentSegmentChanged.connect(self.onSegmentChanged)
-        self.ui.modelComboBox.currentTextChanged.connect(lambda text: self._set("model", text))
-        self.ui.remoteRadioButton.toggled.connect(lambda on: self._set("workerMode", "remote" if on else "local"))
+        self.ui.modelComboBox.currentTextChanged.connect(self.onModelChanged)
+        self.ui.workerSourceComboBox.currentIndexChanged.connect(self.onWorkerSourceChanged)
         self.ui.workerUrlLineEdit.editingFinished.connect(lambda: self._set("workerUrl", self.ui.workerUrlLineEdit.text))
         self.ui.startWorkerButton.clicked.connect(self.onStartWorker)
         self.ui.stopWorkerButton.clicked.connect(self.onStopWorker)
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
-        self.ui.createEnvironmentButton.clicked.connect(self.onCreateEnvironment)
-        for role, button in (("positivePoints", self.ui.positivePointButton),
-                             ("negativePoints", self.ui.negativePointButton), ("box", self.ui.boxButton)):
+        self.ui.installWorkerButton.clicked.connect(self.onInstallWorker)
+        for role, button in self._placeButtons().items():
             button.clicked.connect(lambda checked, r=role: self.placePrompt(r) if checked else self.stopPlacing())
         self.ui.undoButton.clicked.connect(self.onUndo)
         self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
@@ -182,32 +206,61 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyResultButton.clicked.connect(self.onApplyResult)
         self.ui.discardResultButton.clicked.connect(self.onDiscardResult)
 
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
+        slicer.app.connect("aboutToQuit()", self.logic.shutdown)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onPoll)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        slicer.app.connect("aboutToQuit()", self.logic.shutdown)
+        self.timer.start()  # runs while the panel exists: a start, install or lost worker is noticed in any module
         self.initializeParameterNode()
+        self._takeOverWorker()
 
     def cleanup(self) -> None:
+        """Reload or exit: stop observing and polling. The worker is not stopped here: Reload hands it to the new
+        panel (``onReload``), and Slicer's ``aboutToQuit`` stops it."""
         self.removeObservers()
         if self.timer is not None:
             self.timer.stop()
         self._removeShortcuts()
         if self.logic is not None:
-            self.logic.shutdown()
+            slicer.app.disconnect("aboutToQuit()", self.logic.shutdown)
+            self.logic.end_session()
+
+    def onReload(self) -> None:
+        """Developer Reload: keep the running worker for the new panel and re-import every SAMMedSlicerLib module."""
+        import SAMMedSlicerLib
+
+        if self.logic is not None:
+            self.logic.end_session()
+            handover = self.logic.worker.detach()
+            if handover is not None:
+                setattr(slicer.modules, HANDOVER, handover)
+        SAMMedSlicerLib.forget_modules()
+        super().onReload()
+
+    def _takeOverWorker(self) -> None:
+        handover: Optional[Handover] = getattr(slicer.modules, HANDOVER, None)
+        if handover is not None:
+            delattr(slicer.modules, HANDOVER)
+            self.logic.worker.attach(handover)
 
     def enter(self) -> None:
         self.initializeParameterNode()
         self._installShortcuts()
-        self.timer.start()
 
     def exit(self) -> None:
         self._removeShortcuts()
-        self.timer.stop()
+        self.stopPlacing()  # place mode (and its persistence) does not outlive the panel
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        self.stopPlacing()
+        self.logic.end_session()
+        self._resetTaskUi()
 
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
-        self.logic.end_session()
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -221,7 +274,8 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.volumeSelector.setCurrentNode(volume)
         self.ui.segmentationSelector.setCurrentNode(self.params.reference("segmentation"))
         self.ui.segmentSelector.setCurrentSegmentID(self.params.get("segmentId"))
-        self.ui.remoteRadioButton.checked = self.params.get("workerMode") == "remote"
+        mode = self.params.get("workerMode")
+        self.ui.workerSourceComboBox.setCurrentIndex(SOURCES.index(mode) if mode in SOURCES else 0)
         self.ui.workerUrlLineEdit.text = self.params.get("workerUrl")
 
     def _set(self, name: str, value: str) -> None:
@@ -246,77 +300,122 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._set("segmentId", segment_id or "")
         self._updateSegment()
 
+    def onModelChanged(self, model: str) -> None:
+        """Another model: its own session (embeddings are per model) and its own learned artefacts."""
+        if not model or model == self.params.get("model") and self.logic.session is not None:
+            return
+        self._set("model", model)
+        self._fillArtefacts()
+        self._startVolume()
+
     def _updateSegment(self) -> None:
         if self.logic.session is not None:
             self.logic.session.set_segment(self.ui.segmentationSelector.currentNode(),
                                            self.ui.segmentSelector.currentSegmentID())
 
     def _startVolume(self) -> None:
-        """New session on the chosen volume: upload + precompute in the background, the Red slice first."""
+        """New session on the chosen volume (the previous one's task and preview end): upload + precompute in the
+        background, the Red slice first."""
+        self._resetTaskUi()
         volume = self.ui.volumeSelector.currentNode()
         if volume is None or self.logic.client is None:
+            self.logic.end_session()
             return
         session = self.logic.start_session(on_error=self._message, on_notice=self._message)
         red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
         axis, index = slice_of_view(volume, red)
+        self._focus = (axis, index)
         session.set_volume(volume, focus=index, axis=axis)
-        session.observe({role: self.params.reference(role) for role in ("positivePoints", "negativePoints", "box")})
+        session.observe({role: self.params.reference(role) for role in PROMPT_ROLES})
         self._updateSegment()
 
-    # worker --------------------------------------------------------------------------------------
+    # worker: three ways to get one, none of them waits on the main thread -------------------------------
+    def _source(self) -> str:
+        return self.ui.workerSourceComboBox.currentData or "slicer"
+
+    def onWorkerSourceChanged(self, index: int) -> None:
+        source = self._source()
+        self._set("workerMode", source)
+        self.ui.pythonPathLineEdit.enabled = source == "python"
+        self.ui.installWorkerButton.enabled = source != "remote" or self.install is not None
+        self.ui.startWorkerButton.enabled = source != "remote"
+
     def onStartWorker(self) -> None:
         python = self.ui.pythonPathLineEdit.text.strip()
         set_setting("python", python)
         port = int(qt.QUrl(self.params.get("workerUrl")).port(8765))
-        self._status("starting the worker…")
-        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            health = self.logic.start_local_worker(python, port, self.params.get("model") or None)
+            self.logic.start_local_worker(self._source(), python, port, self.params.get("model") or None)
         except WorkerError as exc:
             self._status("not running")
             slicer.util.errorDisplay(str(exc), windowTitle="SAMMed worker")
-            return
-        finally:
-            qt.QApplication.restoreOverrideCursor()
-        self._connected(health)
 
     def onStopWorker(self) -> None:
-        self.logic.shutdown()
-        self._status("stopped")
+        self.logic.stop_worker()
+        self._resetTaskUi()
 
     def onTestConnection(self) -> None:
         token = self.ui.workerTokenLineEdit.text.strip()
         set_setting("token", token)
-        try:
-            health = self.logic.connect(self.ui.workerUrlLineEdit.text.strip(), token)
-        except SAMMedClientError as exc:
-            self._status(f"no connection: {exc}")
-            return
-        self._connected(health)
+        self.logic.connect(self.ui.workerUrlLineEdit.text.strip(), token)
 
-    def onCreateEnvironment(self) -> None:
-        env_dir = SAMMedSlicerLogic.default_env_dir()
+    def onInstallWorker(self) -> None:
+        """Install sammed-server for the chosen source in a background process (the button cancels it)."""
+        if self.install is not None:
+            self.install.cancel()
+            return
+        source, python = self._source(), self.ui.pythonPathLineEdit.text.strip()
+        where = "Slicer's Python" if source == "slicer" else python
         if not slicer.util.confirmOkCancelDisplay(
-            f"Create the SAMMed worker environment in {env_dir}?\n\nThis installs PyTorch and the worker "
-            "(several GB download) into its own Python environment; Slicer's Python is not changed."
+            f"Install the SAMMed worker (sammed-server and, where missing, PyTorch) into {where}?\n\n"
+            "This downloads up to several GB. Slicer stays usable meanwhile; progress shows in the worker status."
         ):
             return
-        with slicer.util.tryWithErrorDisplay("Could not create the worker environment", waitCursor=True):
-            python = self.logic.create_environment(env_dir)
-            self.ui.pythonPathLineEdit.text = python
-            set_setting("python", python)
-            self._status("environment ready: press Start")
+        try:
+            self.install = self.logic.install(source, python)
+        except WorkerError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="SAMMed worker install")
+            return
+        self.ui.installWorkerButton.text = "Cancel install"
 
-    def _connected(self, health: Any) -> None:
-        self._status(f"connected: sammed-server {health.version} on {health.device} (protocol {health.protocol})")
-        models = [m.id for m in self.logic.client.models()]
+    def _pollInstall(self) -> None:
+        if self.install is None:
+            return
+        progress = self.install.poll()
+        for line in progress.log:
+            print(line)  # the Python console keeps pip's whole output
+        if progress.state == "running":
+            self._status(f"installing {progress.label} (step {progress.step}/{progress.steps}): {progress.message}")
+            return
+        self.install = None
+        self.ui.installWorkerButton.text = "Install"
+        self.onWorkerSourceChanged(self.ui.workerSourceComboBox.currentIndex)
+        if progress.state == "succeeded":
+            self._status("worker installed: press Start")
+        else:
+            self._status(progress.message.splitlines()[0])
+            if progress.state == "failed":
+                slicer.util.errorDisplay(progress.message, windowTitle="SAMMed worker install")
+
+    def _connected(self, info: WorkerInfo) -> None:
+        """The worker answered (or its lists were refreshed): fill models and artefacts, start the session."""
+        models = [m.id for m in info.models]
         wanted = self.params.get("model")
-        self.ui.modelComboBox.clear()
-        self.ui.modelComboBox.addItems(models)
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(models)
         if wanted in models:
-            self.ui.modelComboBox.setCurrentText(wanted)
-        self._refreshArtefacts()
-        self._startVolume()
+            combo.setCurrentText(wanted)
+        combo.blockSignals(False)
+        self._set("model", combo.currentText)
+        self._fillArtefacts()
+        if self.logic.session is None or self.logic.session.client is not self.logic.client:
+            self._startVolume()
+
+    def _workerError(self, message: str) -> None:
+        self._message(message)
+        self._resetTaskUi()
 
     # workflows (worker jobs, polled by the timer; results previewed, then applied or discarded) ---------------
     def onTrainPrompt(self) -> None:
@@ -342,14 +441,17 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runTask(lambda session: session.auto_segment_model(artefact_id))
 
     def onCancelTask(self) -> None:
-        if self.logic.session is not None:
-            self.logic.session.cancel_task()
+        session = self.logic.session
+        if session is not None and session.task is not None:
+            self.logic.worker.calls.submit("cancel", session.cancel_task)
 
     def onApplyResult(self) -> None:
+        applied = False
         with slicer.util.tryWithErrorDisplay("Could not apply the result", waitCursor=True):
-            self.logic.session.apply_pending()
-        self._message("applied: Undo (Ctrl+Z) takes it back as a whole")
-        self._showPending(False)
+            applied = self.logic.session.apply_pending()
+        if applied:
+            self._message("applied: Undo (Ctrl+Z) takes it back as a whole")
+            self._showPending(False)
 
     def onDiscardResult(self) -> None:
         self.logic.session.discard_pending()
@@ -365,23 +467,29 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except (RuntimeError, SAMMedClientError) as exc:
             self._message(str(exc))
             return
+        self._taskRunning = True
         self.ui.cancelTaskButton.enabled = True
         self.ui.taskProgressBar.value = 0
 
-    def _pollTask(self, session: Any) -> None:
-        task = session.task
-        if task is None or not self.ui.cancelTaskButton.enabled:
-            return
-        state, fraction, message = task.poll()
+    def _showTask(self, state: str, fraction: float, message: str, task: Any) -> None:
         self.ui.taskProgressBar.value = int(100 * fraction)
         loss = f" (loss {task.losses[0]:.3f} → {task.losses[-1]:.3f})" if task.losses else ""
         self.ui.taskLabel.text = message + loss
         if state == "running":
             return
+        self._taskRunning = False
         self.ui.cancelTaskButton.enabled = False
         if state == "succeeded":
-            self._refreshArtefacts()
-            self._showPending(session.pending is not None)
+            self.logic.worker.refresh()  # a new learned artefact appears in the lists
+            self._showPending(self.logic.session is not None and self.logic.session.pending is not None)
+        else:
+            self._message(message)
+
+    def _resetTaskUi(self) -> None:
+        self._taskRunning = False
+        self.ui.cancelTaskButton.enabled = False
+        self.ui.taskProgressBar.value = 0
+        self._showPending(False)
 
     def _showPending(self, waiting: bool) -> None:
         self.ui.applyResultButton.enabled = waiting
@@ -391,10 +499,10 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """(axis, index) of the volume slice in the Red view."""
         return self.logic.session.slice_of_view(slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode())
 
-    def _refreshArtefacts(self) -> None:
-        """Fill the learned-encoder and automatic-model lists from the worker (this model's weights only)."""
-        client = self.logic.client
-        if client is None:
+    def _fillArtefacts(self) -> None:
+        """Fill the learned-encoder and automatic-model lists from the worker's last answer (no request here)."""
+        info = self.logic.worker.info
+        if info is None:
             return
         model = self.ui.modelComboBox.currentText
         encoders = self.ui.promptEncoderComboBox
@@ -403,10 +511,9 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         encoders.clear()
         encoders.addItem("the model's own prompt encoder", "")
         self._encoderTypes = {}
-        for item in client.artefacts("prompt_encoders"):
-            if item.base_model == model:
-                self._encoderTypes[item.id] = item.manifest.get("prompt_type", "point")
-                encoders.addItem(item.label, item.id)
+        for item in info.of_kind("prompt_encoders", base_model=model):
+            self._encoderTypes[item.id] = item.manifest.get("prompt_type", "point")
+            encoders.addItem(item.label, item.id)
         session = self.logic.session
         if session is not None and session.prompt_encoder:
             selected = session.prompt_encoder  # a freshly trained encoder is the one in use
@@ -414,26 +521,33 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         encoders.blockSignals(False)
         models = self.ui.autoModelComboBox
         models.clear()
-        for item in client.artefacts("auto_models"):
+        for item in info.of_kind("auto_models"):
             models.addItem(item.label, item.id)
 
-    # prompts -------------------------------------------------------------------------------------
+    # prompts: the place buttons follow the interaction node (Esc / right-click leave place mode) -------------
+    def _placeButtons(self) -> dict[str, Any]:
+        return {"positivePoints": self.ui.positivePointButton, "negativePoints": self.ui.negativePointButton,
+                "box": self.ui.boxButton}
+
+    def _promptNodes(self) -> dict[str, Any]:
+        return {role: self.params.reference(role) for role in PROMPT_ROLES} if self.params is not None else {}
+
     def placePrompt(self, role: str) -> None:
         """Put the slice views in place mode for one of the prompt markups."""
-        node = self.params.reference(role)
-        for other, button in (("positivePoints", self.ui.positivePointButton),
-                              ("negativePoints", self.ui.negativePointButton), ("box", self.ui.boxButton)):
-            button.checked = other == role
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        selection.SetReferenceActivePlaceNodeClassName(node.GetClassName())
-        selection.SetActivePlaceNodeID(node.GetID())
-        interaction = slicer.app.applicationLogic().GetInteractionNode()
-        interaction.SetPlaceModePersistence(1)
-        interaction.SetCurrentInteractionMode(interaction.Place)
+        app = slicer.app.applicationLogic()
+        start_placing(app.GetInteractionNode(), app.GetSelectionNode(), self.params.reference(role))
 
     def stopPlacing(self) -> None:
-        interaction = slicer.app.applicationLogic().GetInteractionNode()
-        interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+        app = slicer.app.applicationLogic()
+        stop_placing(app.GetInteractionNode(), app.GetSelectionNode(), self._promptNodes())
+
+    def onInteractionModeChanged(self, caller: Any = None, event: Any = None) -> None:
+        app = slicer.app.applicationLogic()
+        placing = placing_role(app.GetInteractionNode(), app.GetSelectionNode(), self._promptNodes())
+        for role, button in self._placeButtons().items():
+            button.blockSignals(True)
+            button.checked = role == placing
+            button.blockSignals(False)
 
     def onUndo(self) -> None:
         if self.logic.session is not None and not self.logic.session.undo():
@@ -456,23 +570,40 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             shortcut.setParent(None)
         self.shortcuts = []
 
-    # polling -------------------------------------------------------------------------------------
+    # polling: the one timer; nothing in it waits on the network --------------------------------------
     def onPoll(self) -> None:
-        """Show the precompute's progress and tell the worker which slice is on screen."""
+        """Deliver finished background calls, advance the install, ask (on a thread) for the session's status.
+        An error here is shown once, not every 500 ms."""
+        try:
+            self.logic.worker.poll()
+            self._pollInstall()
+            self._requestSessionStatus()
+        except Exception as exc:  # noqa: BLE001 - the timer must keep running, and say what went wrong once
+            message = f"SAMMed: {type(exc).__name__}: {exc}"
+            if message != self._pollError:
+                self._pollError = message
+                logging.exception("SAMMed poll")
+                self._message(message)
+
+    def _requestSessionStatus(self) -> None:
         session = self.logic.session
         if session is None or session.volume_node is None:
             return
-        try:
-            self._pollTask(session)
-            progress = session.progress()
-            self.ui.precomputeProgressBar.value = int(100 * progress.fraction)
-            self.ui.precomputeProgressBar.setFormat(f"{progress.state} %p%")
-            focus = session.slice_of_view(slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode())
-            if focus != self._focus:
-                self._focus = focus
-                session.focus(*focus)
-        except SAMMedClientError as exc:
-            self._status(f"worker unreachable: {exc}")
+        focus = session.slice_of_view(slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode())
+        new_focus = focus if focus != self._focus else None
+        task = session.task if self._taskRunning else None
+        if self.logic.worker.monitor(lambda: fetch_session_status(session, new_focus, task), self._showSessionStatus):
+            self._focus = focus
+
+    def _showSessionStatus(self, status: SessionStatus) -> None:
+        if status.session is not self.logic.session:
+            return  # the volume or worker changed meanwhile
+        progress = status.progress
+        self.ui.precomputeProgressBar.value = int(100 * progress.fraction)
+        self.ui.precomputeProgressBar.setFormat(f"{progress.state} %p%")
+        task_state = advance_task(status)
+        if task_state is not None and self._taskRunning:
+            self._showTask(*task_state, status.task)
 
     def _status(self, text: str) -> None:
         self.ui.workerStatusLabel.text = text

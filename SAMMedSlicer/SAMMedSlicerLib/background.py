@@ -27,7 +27,7 @@ class BackgroundCalls:
     """Run functions on worker threads; hand their results to callbacks when :meth:`poll` is called.
 
     ``key`` names a kind of call (``"start"``, ``"status"``): :meth:`busy` tells whether one of that kind is still
-    running, so a timer never piles up a second status request behind a slow one.
+    running or its result not yet delivered, so a timer never piles up a second status request behind a slow one.
     """
 
     def __init__(self, max_workers: int = 4) -> None:
@@ -41,7 +41,7 @@ class BackgroundCalls:
         return future
 
     def busy(self, key: str) -> bool:
-        return any(call.key == key and not call.future.done() for call in self._calls)
+        return any(call.key == key for call in self._calls)
 
     def forget(self, key: str) -> None:
         """Drop the callbacks of calls of this kind (their results are no longer wanted)."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 MODULE_NAME = "SAMMedSlicer"
+SEGMENT_EDITOR_TAG = "SegmentEditor"  # the Segment Editor module's own node (Modules/Scripted/SegmentEditor)
 NODE_NAME = "SAMMedSlicerParameters"
 REFERENCES = ("volume", "segmentation", "positivePoints", "negativePoints", "box")
 DEFAULTS = {
     "segmentId": "",
     "model": "litemedsam",
-    "workerMode": "local",  # local: the module runs the worker; remote: workerUrl
+    "workerMode": "slicer",  # slicer: PythonSlicer runs the worker; python: a Python the user names; remote: workerUrl
     "workerUrl": "http://127.0.0.1:8765",
 }
 
@@ -59,3 +60,15 @@ class Parameters:
     def _check_role(role: str) -> None:
         if role not in REFERENCES:
             raise KeyError(f"unknown SAMMed node reference {role!r}")
+
+
+def segment_editor_node(scene: Any) -> Any:
+    """The Segment Editor module's parameter node (singleton tag "SegmentEditor"), made the way that module makes
+    it when it does not exist yet: its overwrite / masking settings are the ones the user sees there."""
+    node = scene.GetSingletonNode(SEGMENT_EDITOR_TAG, "vtkMRMLSegmentEditorNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(SEGMENT_EDITOR_TAG)
+        node = scene.AddNode(node)
+    return node

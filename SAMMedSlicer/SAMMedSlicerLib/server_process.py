@@ -1,8 +1,10 @@
-"""Run the local worker (``sammed-server serve``) as a child process, and build the commands that create its environment.
+"""Run the local worker (``sammed-server serve``) as a child process.
 
 Nothing here runs at import time. ``ServerProcess.start`` launches the worker, waits until its ``/v1/health``
 answers with the expected protocol, and turns every way of failing into a :class:`WorkerError` with a message a
-user can act on (missing program, port taken, early exit with the tail of its log, protocol mismatch).
+user can act on (missing program, port taken, early exit with the tail of its log, protocol mismatch). ``start``
+blocks: inside Slicer it runs on a thread (:class:`~SAMMedSlicerLib.worker.Worker`), and :meth:`ServerProcess.stop`
+from another thread ends the wait.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import atexit
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 
 class WorkerError(RuntimeError):
@@ -25,13 +26,6 @@ class WorkerError(RuntimeError):
 def is_python(executable: str) -> bool:
     """Whether ``executable`` names a Python interpreter (else it is the ``sammed-server`` program itself)."""
     return Path(executable).name.lower().startswith(("python", "pythonslicer"))
-
-
-def env_executable(env_dir: str, name: str) -> str:
-    """A program inside a virtual environment (``bin/`` on POSIX, ``Scripts/*.exe`` on Windows)."""
-    if os.name == "nt":
-        return str(Path(env_dir) / "Scripts" / f"{name}.exe")
-    return str(Path(env_dir) / "bin" / name)
 
 
 def serve_command(
@@ -45,25 +39,6 @@ def serve_command(
         if value:
             command += [flag, value]
     return command
-
-
-def create_env_commands(
-    env_dir: str, server_source: str, constraints: Optional[str] = None, base_python: str = sys.executable
-) -> list[list[str]]:
-    """The commands that create the worker's own environment and install ``sammed-server`` into it.
-
-    ``server_source`` is the SAMMedServer folder shipped with the extension; ``constraints`` pins exact versions.
-    The caller asks the user before running them (they download several GB of packages).
-    """
-    python = env_executable(env_dir, "python")
-    install = [python, "-m", "pip", "install", "--upgrade"]
-    if constraints:
-        install += ["--constraint", constraints]
-    return [
-        [base_python, "-m", "venv", env_dir],
-        [python, "-m", "pip", "install", "--upgrade", "pip"],
-        [*install, server_source],
-    ]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,16 +60,18 @@ class ServerProcess:
 
     ``health`` is called until it returns (e.g. ``SAMMedClient.health``); it raises while the worker is not up,
     and raises an exception with ``code == "protocol_mismatch"`` / ``"not_sammed"`` when the versions differ.
+    ``env`` is the worker's whole environment (None: this process's); ``creationflags`` e.g. no console window.
     """
 
     def __init__(
-        self, command: Sequence[str], health: Callable[[], Any], env: Optional[dict[str, str]] = None,
-        log_path: Optional[str] = None,
+        self, command: Sequence[str], health: Callable[[], Any], env: Optional[Mapping[str, str]] = None,
+        log_path: Optional[str] = None, creationflags: int = 0,
     ) -> None:
         self.command = list(command)
         self.health = health
-        self.env = {**os.environ, **(env or {})}
+        self.env = dict(env) if env is not None else None
         self.log_path = log_path or os.path.join(tempfile.gettempdir(), f"sammed-server-{os.getpid()}.log")
+        self.creationflags = creationflags
         self.process: Optional[subprocess.Popen] = None
 
     @property
@@ -108,16 +85,20 @@ class ServerProcess:
         self._check_can_start()
         with open(self.log_path, "wb") as log:
             try:
-                self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                           stdin=subprocess.DEVNULL, creationflags=self.creationflags)
             except OSError as exc:
                 raise WorkerError(f"cannot run the SAMMed worker ({' '.join(self.command)}): {exc}") from None
+        self.process = process
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
-                code = self.process.returncode
+            if self.process is not process:
+                raise WorkerError("the SAMMed worker was stopped before it was ready")
+            if process.poll() is not None:
                 self.process = None
-                raise WorkerError(f"the SAMMed worker exited (code {code}) before it was ready:\n{self.log_tail()}")
+                raise WorkerError(
+                    f"the SAMMed worker exited (code {process.returncode}) before it was ready:\n{self.log_tail()}")
             try:
                 return self.health()
             except Exception as exc:  # noqa: BLE001 - any failure to answer means "not up yet", except a mismatch
@@ -142,6 +123,17 @@ class ServerProcess:
             process.kill()
             process.wait()
 
+    def adopt(self, process: subprocess.Popen) -> None:
+        """Take over a running worker started by an earlier instance (the module was reloaded)."""
+        self.process = process
+        atexit.register(self.stop)
+
+    def release(self) -> Optional[subprocess.Popen]:
+        """Hand the running worker over (to :meth:`adopt`); this instance no longer stops it."""
+        process, self.process = self.process, None
+        atexit.unregister(self.stop)
+        return process if process is not None and process.poll() is None else None
+
     def restart(self, timeout: float = 180.0) -> Any:
         self.stop()
         return self.start(timeout)
@@ -158,8 +150,8 @@ class ServerProcess:
         program = self.command[0]
         if os.path.sep in program and not os.path.isfile(program):
             raise WorkerError(
-                f"the SAMMed worker program {program} does not exist: create the worker environment "
-                "(SAMMed panel: Worker → Create environment) or set the Python/sammed-server path"
+                f"the SAMMed worker program {program} does not exist: choose Slicer's Python and press Install, "
+                "or name a Python that has sammed-server installed"
             )
         if "--port" in self.command:
             host = self.command[self.command.index("--host") + 1] if "--host" in self.command else "127.0.0.1"

@@ -103,6 +103,26 @@ def foreign_python_steps(python: str, server_source: str) -> list[InstallStep]:
     return [InstallStep("sammed-server", [python, "-m", "pip", "install", server_source])]
 
 
+def install_plan(
+    source: str, server_source: str, python: str = "", startup_environment: Optional[Mapping[str, str]] = None,
+    torch_version: Optional[str] = None, pytorch_extension: bool = False,
+    which: Callable[[str], Optional[str]] = shutil.which, slicer_home: str = "", os_name: str = os.name,
+) -> tuple[list[InstallStep], Optional[dict[str, str]]]:
+    """(steps, environment) that install the worker for ``source`` (``slicer`` or ``python``); raises WorkerError
+    with what to do instead where that cannot work."""
+    if source == "slicer":
+        steps = slicer_python_steps(slicer_python(which, slicer_home, os_name), server_source, torch_version,
+                                    pytorch_extension)
+        return steps, None  # Slicer's own environment, as slicer.util.pip_install runs PythonSlicer
+    if source == "python":
+        if not python.strip():
+            raise WorkerError("name the Python to install the worker into (e.g. a conda environment's python)")
+        environment = foreign_python_environment(startup_environment if startup_environment is not None else os.environ)
+        return foreign_python_steps(python.strip(), server_source), environment
+    raise WorkerError("a remote worker is installed where it runs: pip install sammed-server, then "
+                      "sammed-server serve --host 0.0.0.0 --token TOKEN")
+
+
 def _older(version: str, minimum: str) -> bool:
     def numbers(text: str) -> tuple[int, ...]:
         parts = []

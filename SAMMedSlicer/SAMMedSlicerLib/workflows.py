@@ -52,10 +52,19 @@ class BackgroundTask:
         self.losses: list[float] = []
 
     def poll(self) -> tuple[str, float, str]:
-        """(state, overall fraction, message); state is running, succeeded, failed or cancelled."""
-        if self.state != "running":
-            return self.state, 1.0, self.error or f"{self.title}: {self.state}"
-        status = self.client.job(self.job_id)
+        """(state, overall fraction, message); state is running, succeeded, failed or cancelled. Blocking: inside
+        Slicer, :meth:`fetch` runs on a thread and :meth:`advance` on the main thread."""
+        return self.advance(self.fetch() if self.state == "running" else None)
+
+    def fetch(self) -> Any:
+        """The current job's status (an HTTP request: call it off the main thread)."""
+        return self.client.job(self.job_id)
+
+    def advance(self, status: Any) -> tuple[str, float, str]:
+        """Move on from a fetched ``status``: start the next step or finish (``on_done``, on the main thread).
+        Anything that fails here ends the task as failed, reported once: it never stays "running"."""
+        if self.state != "running" or status is None or status.id != self.job_id:
+            return self.state, 1.0 if self.state != "running" else 0.0, self.error or f"{self.title}: {self.state}"
         label = self._steps[self._step][0]
         self.losses = list(status.metrics.get("loss", [])) if status.metrics else self.losses
         if status.state in ("failed", "cancelled"):
@@ -64,15 +73,20 @@ class BackgroundTask:
             self.error = f"{self.title}: {label} {status.state}" + (f": {error.get('message')}" if error else "")
             return self.state, 1.0, self.error
         if status.state == "succeeded":
-            self._step += 1
-            if self._step < len(self._steps):
-                self.job_id = self._steps[self._step][1](status.result)
-            else:
-                self.outcome = self._on_done(status)
-                self.state = "succeeded"
-                return self.state, 1.0, f"{self.title}: done"
+            try:
+                if self._step + 1 < len(self._steps):
+                    self.job_id = self._steps[self._step + 1][1](status.result)
+                    self._step += 1
+                else:
+                    self.outcome = self._on_done(status)
+                    self.state = "succeeded"
+                    return self.state, 1.0, f"{self.title}: done"
+            except Exception as exc:  # noqa: BLE001 - a failing step or result handler ends the task, once
+                self.state = "failed"
+                self.error = f"{self.title}: {label} succeeded, but its result could not be used: {exc}"
+                return self.state, 1.0, self.error
         fraction = (self._step + (0.0 if status.state == "succeeded" else float(status.progress))) / len(self._steps)
-        return "running", fraction, f"{self.title}: {label} {status.message}".rstrip()
+        return "running", fraction, f"{self.title}: {self._steps[self._step][0]} {status.message}".rstrip()
 
     def cancel(self) -> None:
         if self.state == "running":

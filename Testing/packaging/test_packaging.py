@@ -180,7 +180,8 @@ def test_module_file_list_matches_disk():
     missing = sorted(set(res_on_disk) - set(resources))
     assert not missing, f"add to MODULE_PYTHON_RESOURCES in SAMMedSlicer/CMakeLists.txt: {missing}"
     expected = {"SAMMedSlicer.py"} | {f"SAMMedSlicerLib/{n}.py" for n in
-                                      ("__init__", "client", "server_process", "prompts", "segments", "session")}
+                                      ("__init__", "client", "server_process", "worker", "worker_install",
+                                       "background", "prompts", "segments", "session")}
     assert expected <= set(scripts)
     assert {"Resources/Icons/SAMMedSlicer.png", "Resources/UI/SAMMedSlicer.ui",
             "Resources/requirements.txt"} <= set(resources)
@@ -233,7 +234,7 @@ def test_top_level_cmake_metadata():
     for var in EXTENSION_VARS:
         assert meta.get(var), f"EXTENSION_{var} is not set in CMakeLists.txt"
     assert meta["CATEGORY"] == "Segmentation"
-    assert meta["DEPENDS"] == "NA"
+    assert meta["DEPENDS"] == "PyTorch"  # torch for a worker in Slicer's Python, as SlicerMONAIAuto3DSeg
     order = ["cmake_minimum_required(", "project(SAMMed)", "find_package(Slicer REQUIRED)",
              "include(${Slicer_USE_FILE})", "add_subdirectory(SAMMedSlicer)", "add_subdirectory(SAMMedServer)",
              "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]
@@ -310,6 +311,19 @@ def test_icons():
     png_size(MODULE_DIR / "Resources" / "Icons" / "SAMMedSlicer.png")
     icon_url = extension_metadata()["ICONURL"]
     assert icon_url.endswith("/Resources/SAMMed.png"), "EXTENSION_ICONURL should point at Resources/SAMMed.png"
+
+
+def test_screenshots_exist():
+    """Every screenshot URL names a PNG committed in this repository (the Extensions Index fetches each one)."""
+    urls = extension_metadata()["SCREENSHOTURLS"].split()
+    assert urls
+    for url in urls:
+        match = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(\S+\.png)", url)
+        assert match, f"screenshot URL {url} is not a PNG on the main branch of the extension's repository"
+        path = REPO / match.group(1)
+        assert path.is_file(), f"{path.relative_to(REPO)} (in EXTENSION_SCREENSHOTURLS) is not committed"
+        width, height = png_size(path)
+        assert width >= 400 and height >= 300, f"{path.name} is {width}x{height}: too small to show anything"
 
 
 def test_license_is_apache2():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import textwrap
@@ -10,14 +11,12 @@ from pathlib import Path
 import pytest
 
 from SAMMedSlicerLib.client import SAMMedClient
-from SAMMedSlicerLib.server_process import (
-    ServerProcess, WorkerError, create_env_commands, env_executable, free_port, serve_command,
-)
+from SAMMedSlicerLib.server_process import ServerProcess, WorkerError, free_port, serve_command
 
 
 def test_missing_program_is_a_clear_error(tmp_path):
     command = serve_command(str(tmp_path / "env" / "bin" / "sammed-server"), port=free_port())
-    with pytest.raises(WorkerError, match="does not exist: create the worker environment"):
+    with pytest.raises(WorkerError, match="does not exist: choose Slicer's Python and press Install"):
         ServerProcess(command, lambda: None).start(timeout=5)
 
 
@@ -67,7 +66,7 @@ def test_real_worker_starts_answers_and_stops(shared_cache_dir):
     port = free_port()
     client = SAMMedClient(f"http://127.0.0.1:{port}")
     process = ServerProcess(serve_command(str(executable), port=port, device="cpu"), client.health,
-                            env={"SAMMED_CACHE_DIR": str(shared_cache_dir)}, log_path=str(shared_cache_dir / "w2.log"))
+                            env={**os.environ, "SAMMED_CACHE_DIR": str(shared_cache_dir)}, log_path=str(shared_cache_dir / "w2.log"))
     health = process.start(timeout=300)
     assert health.protocol == 1 and process.running
     pid = process.process.pid
@@ -77,12 +76,8 @@ def test_real_worker_starts_answers_and_stops(shared_cache_dir):
     assert not process.running
 
 
-def test_environment_commands():
-    commands = create_env_commands("/opt/sammed-env", "/ext/SAMMedServer", "/ext/SAMMedServer/constraints.txt",
-                                   base_python="/slicer/bin/PythonSlicer")
-    python = env_executable("/opt/sammed-env", "python")
-    assert commands[0] == ["/slicer/bin/PythonSlicer", "-m", "venv", "/opt/sammed-env"]
-    assert commands[-1] == [python, "-m", "pip", "install", "--upgrade", "--constraint",
-                            "/ext/SAMMedServer/constraints.txt", "/ext/SAMMedServer"]
+def test_serve_commands():
+    python = "/opt/conda/envs/sam/bin/python"
     assert serve_command(python, port=9000, token="t")[:4] == [python, "-m", "sammed_server.cli", "serve"]
+    assert serve_command("/Slicer/bin/PythonSlicer", port=9000)[1:3] == ["-m", "sammed_server.cli"]
     assert serve_command("/opt/sammed-env/bin/sammed-server", port=9000)[1] == "serve"

@@ -1,0 +1,35 @@
+"""Place mode for the prompt markups, and which prompt is being placed (the panel's buttons follow it).
+
+Slicer leaves place mode on its own (Esc, right-click, the toolbar): the panel observes the interaction node's
+``InteractionModeChangedEvent`` and asks :func:`placing_role` which button, if any, stays checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+
+def start_placing(interaction_node: Any, selection_node: Any, markup_node: Any) -> None:
+    """Put the views in persistent place mode for ``markup_node`` (each click adds a point or draws a box)."""
+    selection_node.SetReferenceActivePlaceNodeClassName(markup_node.GetClassName())
+    selection_node.SetActivePlaceNodeID(markup_node.GetID())
+    interaction_node.SetPlaceModePersistence(1)
+    interaction_node.SetCurrentInteractionMode(interaction_node.Place)
+
+
+def stop_placing(interaction_node: Any, selection_node: Any, markup_nodes: Mapping[str, Any]) -> None:
+    """Leave place mode and persistence if one of ``markup_nodes`` is being placed (another module's placing stays)."""
+    if placing_role(interaction_node, selection_node, markup_nodes) is None:
+        return
+    interaction_node.SetPlaceModePersistence(0)
+    interaction_node.SetCurrentInteractionMode(interaction_node.ViewTransform)
+
+
+def placing_role(interaction_node: Any, selection_node: Any, markup_nodes: Mapping[str, Any]) -> Optional[str]:
+    """The role (``positivePoints``, ``negativePoints``, ``box``) whose markup is being placed now, else None."""
+    if interaction_node is None or selection_node is None:
+        return None
+    if interaction_node.GetCurrentInteractionMode() != interaction_node.Place:
+        return None
+    active = selection_node.GetActivePlaceNodeID()
+    return next((role for role, node in markup_nodes.items() if node is not None and node.GetID() == active), None)
