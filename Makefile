@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/co
 SAMMED_DATA_DIR ?= ../shared/data
 export SAMMED_DATA_DIR
 
-.PHONY: venv venv-slicer venv-view demo test test-server test-slicer test-view bench clean
+.PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,13 @@ demo: venv
 
 test-server: venv
 	$(VENV)/bin/python -m pytest
+
+# The worker package without this repository's constraints: its minimum versions resolve under python3.9 (Slicer 5.8)
+# and python3.12 (Slicer 5.10) (pip --dry-run; from pyenv or PATH, skipped with a message without them), and a
+# loose install into a fresh Python 3.11 venv serves /v1/health (torch from a local wheel). Part of test-server too
+# (Testing/ is in pytest.ini's testpaths); this target runs it alone.
+test-install: venv
+	$(VENV)/bin/python -m pytest Testing/install
 
 # SAMMedSlicer logic tests on Slicer's real MRML (slicer-core wheel, no Slicer app, ~1 GB); the worker they
 # start is .venv/bin/sammed-server (override with SAMMED_SERVER=...).

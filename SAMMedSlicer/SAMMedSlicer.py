@@ -210,6 +210,8 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        self.addObserver(selection, selection.ActivePlaceNodeIDChangedEvent, self.onInteractionModeChanged)
         slicer.app.connect("aboutToQuit()", self.logic.shutdown)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
@@ -220,13 +222,12 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Reload or exit: stop observing and polling. The worker is not stopped here: Reload hands it to the new
-        panel (``onReload``), and Slicer's ``aboutToQuit`` stops it."""
+        panel (``onReload``), and Slicer's ``aboutToQuit`` stops it (after a hand-over that finds nothing to stop)."""
         self.removeObservers()
         if self.timer is not None:
             self.timer.stop()
         self._removeShortcuts()
         if self.logic is not None:
-            slicer.app.disconnect("aboutToQuit()", self.logic.shutdown)
             self.logic.end_session()
 
     def onReload(self) -> None:
@@ -276,6 +277,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelector.setCurrentSegmentID(self.params.get("segmentId"))
         mode = self.params.get("workerMode")
         self.ui.workerSourceComboBox.setCurrentIndex(SOURCES.index(mode) if mode in SOURCES else 0)
+        self.onWorkerSourceChanged(self.ui.workerSourceComboBox.currentIndex)
         self.ui.workerUrlLineEdit.text = self.params.get("workerUrl")
 
     def _set(self, name: str, value: str) -> None:
@@ -536,6 +538,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Put the slice views in place mode for one of the prompt markups."""
         app = slicer.app.applicationLogic()
         start_placing(app.GetInteractionNode(), app.GetSelectionNode(), self.params.reference(role))
+        self.onInteractionModeChanged()  # already in place mode: only the active place node changed
 
     def stopPlacing(self) -> None:
         app = slicer.app.applicationLogic()

@@ -30,9 +30,11 @@ class BackgroundCalls:
     running or its result not yet delivered, so a timer never piles up a second status request behind a slow one.
     """
 
-    def __init__(self, max_workers: int = 4) -> None:
+    def __init__(self, max_workers: int = 4, on_failure: Optional[Callable[[str], None]] = None) -> None:
+        """``on_failure`` hears of a callback that raised (default: the log); the other callbacks still run."""
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sammed-call")
         self._calls: list[_Call] = []
+        self._on_failure = on_failure
 
     def submit(self, key: str, function: Callable[[], Any], on_result: Optional[Callback] = None,
                on_error: Optional[Callback] = None) -> Future:
@@ -60,8 +62,10 @@ class BackgroundCalls:
                 continue
             try:
                 callback(value)
-            except Exception:  # noqa: BLE001 - a failing callback must not stop the others (nor the timer)
+            except Exception as exc:  # noqa: BLE001 - a failing callback must not stop the others (nor the timer)
                 logging.exception("SAMMed: the %s callback failed", call.key)
+                if self._on_failure is not None:
+                    self._on_failure(f"{call.key}: {type(exc).__name__}: {exc}")
         return len(done)
 
     def shutdown(self) -> None:

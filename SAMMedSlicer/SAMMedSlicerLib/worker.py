@@ -105,7 +105,7 @@ class Worker:
         self.on_connected = on_connected or (lambda info: None)
         self.on_status = on_status or (lambda text: None)
         self.on_error = on_error or (lambda text: None)
-        self.calls = calls or BackgroundCalls()
+        self.calls = calls or BackgroundCalls(on_failure=lambda message: self.on_error(message))
         self.client_factory = client_factory
         self.start_timeout = start_timeout
         self.state = "none"
@@ -148,6 +148,7 @@ class Worker:
         process, self.process = self.process, None
         if process is not None and process.running:
             self.calls.submit("stop", process.stop)
+        if self.state != "none":
             self.state = "stopped"
             self.on_status("stopped")
         self.client = None

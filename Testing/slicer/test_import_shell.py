@@ -86,7 +86,8 @@ def test_import_does_no_work(monkeypatch):
     module.SAMMedSlicer(parent)
     assert parent.title == "SAMMed" and parent.categories == ["Segmentation"]
     logic = module.SAMMedSlicerLogic()
-    assert logic.process is None and logic.client is None and logic.session is None
+    assert logic.worker.state == "none" and logic.client is None and logic.session is None
+    assert logic.worker.process is None and not logic.worker.calls.busy("connect")
     for name in ("SAMMedSlicerWidget", "SAMMedSlicerTest"):
         assert hasattr(module, name)
 
@@ -96,3 +97,184 @@ def test_fake_really_blocks_subprocesses(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", forbidden("a subprocess"))
     with pytest.raises(AssertionError, match="a subprocess"):
         subprocess.run(["true"])
+
+
+# The widget's own logic, on FAKE Qt widgets and the real MRML nodes of slicer-core ---------------------------
+class FakeLabel:
+    """FAKE QLabel / QProgressBar: records what was shown."""
+
+    def __init__(self) -> None:
+        self.text, self.shown, self.value, self.enabled = "", [], 0, False
+
+    def __setattr__(self, name, value) -> None:
+        if name == "text" and hasattr(self, "shown"):
+            self.shown.append(value)
+        object.__setattr__(self, name, value)
+
+
+class FakeButton:
+    """FAKE checkable QPushButton."""
+
+    def __init__(self) -> None:
+        self.checked = False
+        self.enabled = True
+
+    def blockSignals(self, block: bool) -> None:
+        pass
+
+
+@pytest.fixture
+def shell(monkeypatch):
+    """The module file loaded behind FAKE qt/ctk/slicer modules (MRML classes stay real)."""
+    import slicer  # noqa: F401
+
+    fakes = fake_slicer_modules()
+    for name, module in fakes.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.syspath_prepend(str(MODULE_FILE.parent))
+    spec = importlib.util.spec_from_file_location("SAMMedSlicer_under_test", MODULE_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fakes["slicer"].app = FakeAnything()
+    return module, fakes["slicer"]
+
+
+def bare_widget(module):
+    widget = module.SAMMedSlicerWidget(None)
+    widget.ui = types.SimpleNamespace(
+        messageLabel=FakeLabel(), workerStatusLabel=FakeLabel(), cancelTaskButton=FakeLabel(),
+        taskProgressBar=FakeLabel(), applyResultButton=FakeLabel(), discardResultButton=FakeLabel(),
+        positivePointButton=FakeButton(), negativePointButton=FakeButton(), boxButton=FakeButton(),
+    )
+    return widget
+
+
+def test_poll_reports_an_error_once_and_keeps_running(shell):
+    module, _ = shell
+    widget = bare_widget(module)
+    calls = []
+
+    def broken_poll():
+        calls.append(1)
+        raise KeyError("result")
+
+    widget.logic = types.SimpleNamespace(worker=types.SimpleNamespace(poll=broken_poll), session=None)
+    for _ in range(5):
+        widget.onPoll()  # must not raise into the QTimer
+    assert len(calls) == 5
+    assert widget.ui.messageLabel.shown == ["SAMMed: KeyError: 'result'"]
+
+
+def test_apply_says_applied_only_when_it_was(shell):
+    module, fake_slicer = shell
+    widget = bare_widget(module)
+
+    class SwallowingErrorDisplay:
+        """FAKE slicer.util.tryWithErrorDisplay: shows the error, swallows it (as Slicer's does)."""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, value, trace):
+            return True
+
+    fake_slicer.util.tryWithErrorDisplay = SwallowingErrorDisplay
+
+    def failing_apply():
+        raise RuntimeError("select a segmentation and a segment first")
+
+    widget.logic = types.SimpleNamespace(session=types.SimpleNamespace(apply_pending=failing_apply))
+    widget.onApplyResult()
+    assert not any("applied" in text for text in widget.ui.messageLabel.shown)
+    widget.logic.session.apply_pending = lambda: True
+    widget.onApplyResult()
+    assert widget.ui.messageLabel.shown[-1].startswith("applied")
+
+
+def test_place_buttons_follow_the_interaction_node(shell, monkeypatch):
+    """Esc / right-click put the interaction node back to ViewTransform: the checked button unchecks."""
+    import slicer as real
+
+    module, fake_slicer = shell
+    scene = real.vtkMRMLScene()
+    interaction = scene.AddNode(real.vtkMRMLInteractionNode())
+    selection = scene.AddNode(real.vtkMRMLSelectionNode())
+    app_logic = types.SimpleNamespace(GetInteractionNode=lambda: interaction, GetSelectionNode=lambda: selection)
+    fake_slicer.app = types.SimpleNamespace(applicationLogic=lambda: app_logic)
+    nodes = {role: scene.AddNewNodeByClass(cls) for role, cls in (
+        ("positivePoints", "vtkMRMLMarkupsFiducialNode"), ("negativePoints", "vtkMRMLMarkupsFiducialNode"),
+        ("box", "vtkMRMLMarkupsROINode"))}
+    widget = bare_widget(module)
+    widget.params = types.SimpleNamespace(reference=lambda role: nodes[role])
+    interaction.AddObserver(interaction.InteractionModeChangedEvent, widget.onInteractionModeChanged)
+
+    widget.placePrompt("box")
+    assert widget.ui.boxButton.checked and not widget.ui.positivePointButton.checked
+    assert interaction.GetPlaceModePersistence() == 1
+    widget.placePrompt("negativePoints")
+    assert widget.ui.negativePointButton.checked and not widget.ui.boxButton.checked
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)  # what Esc / right-click do
+    assert not any(b.checked for b in (widget.ui.positivePointButton, widget.ui.negativePointButton, widget.ui.boxButton))
+    widget.placePrompt("box")
+    widget.exit()  # leaving the module ends place mode and its persistence
+    assert interaction.GetCurrentInteractionMode() == interaction.ViewTransform
+    assert interaction.GetPlaceModePersistence() == 0 and not widget.ui.boxButton.checked
+
+
+def test_model_change_starts_a_new_session(shell):
+    module, _ = shell
+    widget = bare_widget(module)
+    stored = {"model": "litemedsam"}
+    widget.params = types.SimpleNamespace(get=stored.get, set=stored.__setitem__)
+    widget.logic = types.SimpleNamespace(session=object(), worker=types.SimpleNamespace(info=None))
+    started = []
+    widget._startVolume = lambda: started.append(stored["model"])
+    widget.onModelChanged("litemedsam")
+    assert started == []
+    widget.onModelChanged("sam_vit_b")
+    assert started == ["sam_vit_b"]
+
+
+def test_reload_hands_the_worker_over_and_cleanup_does_not_stop_it(shell, monkeypatch):
+    module, fake_slicer = shell
+    import SAMMedSlicerLib
+
+    widget = bare_widget(module)
+    handover = object()
+    events = []
+    worker = types.SimpleNamespace(detach=lambda: handover, stop=lambda: events.append("stop"),
+                                   shutdown=lambda: events.append("shutdown"))
+    widget.logic = types.SimpleNamespace(worker=worker, end_session=lambda: events.append("end_session"),
+                                         shutdown=lambda: events.append("shutdown"))
+    fake_slicer.modules = types.SimpleNamespace()
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "onReload", lambda self: events.append("reload"),
+                        raising=False)
+    forgotten = []
+    monkeypatch.setattr(SAMMedSlicerLib, "forget_modules", lambda: forgotten.append(1))
+    widget.onReload()
+    assert getattr(fake_slicer.modules, module.HANDOVER) is handover
+    assert forgotten == [1] and events == ["end_session", "reload"]
+    widget.timer = None
+    widget.removeObservers = lambda: None
+    widget.cleanup()
+    assert "stop" not in events and "shutdown" not in events
+
+
+def test_forget_modules_makes_reload_import_the_lib_afresh(monkeypatch):
+    monkeypatch.syspath_prepend(str(MODULE_FILE.parent))
+    import SAMMedSlicerLib.worker as before
+
+    saved = {name: mod for name, mod in sys.modules.items() if name.startswith("SAMMedSlicerLib")}
+    try:
+        names = sys.modules["SAMMedSlicerLib"].forget_modules()
+        assert "SAMMedSlicerLib.worker" in names and "SAMMedSlicerLib.worker" not in sys.modules
+        import SAMMedSlicerLib.worker as after
+
+        assert after is not before
+    finally:  # the other tests of this session hold the first import: put it back
+        for name in [n for n in sys.modules if n.startswith("SAMMedSlicerLib")]:
+            del sys.modules[name]
+        sys.modules.update(saved)

@@ -41,3 +41,16 @@ def test_parameter_node_round_trips_through_a_saved_scene(mrml, segmentation, tm
     assert again.reference("box").GetClassName() == "vtkMRMLMarkupsROINode"
     assert again.reference("positivePoints").GetName() == "SAMMed +"
     assert reloaded.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
+
+
+def test_segment_editor_node_is_the_segment_editor_modules_singleton():
+    """The node whose overwrite/masking settings prompts follow is the one the Segment Editor module shows
+    (singleton tag "SegmentEditor"), not whichever vtkMRMLSegmentEditorNode comes first."""
+    from SAMMedSlicerLib.parameters import segment_editor_node
+
+    scene = make_mrml().scene
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "another module's editor")
+    node = segment_editor_node(scene)
+    assert node is not other and node.GetSingletonTag() == "SegmentEditor"
+    assert segment_editor_node(scene) is node
+    assert scene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode") is node
