@@ -117,14 +117,21 @@ class Worker:
 
     # getting a worker ---------------------------------------------------------------------------
     def start_local(self, launch: LocalLaunch, port: int, log_path: Optional[str] = None) -> None:
-        """Launch a local worker on 127.0.0.1:``port`` and wait for its health on a thread."""
-        self.stop()
+        """(Re)start a local worker on 127.0.0.1:``port`` and wait for its health, all on a thread (a previous
+        local worker is stopped there first, so that its port is free)."""
+        previous = self._disconnect()
         client = self.client_factory(f"http://127.0.0.1:{port}")
         process = ServerProcess(launch.command, client.health, env=launch.env, creationflags=launch.creationflags,
                                 log_path=log_path or os.path.join(tempfile.gettempdir(), f"sammed-server-{port}.log"))
         self.process = process
         self._begin("starting", f"starting the worker ({' '.join(launch.command[:1])})…")
-        self._fetch(client, before=lambda: process.start(self.start_timeout))
+
+        def start() -> None:
+            if previous is not None:
+                previous.stop()
+            process.start(self.start_timeout)
+
+        self._fetch(client, before=start)
 
     def connect(self, url: str, token: Optional[str] = None) -> None:
         """Use the worker at ``url`` (remote, or a local one already running): health and lists on a thread."""
@@ -144,15 +151,12 @@ class Worker:
 
     def stop(self) -> None:
         """Stop the local worker (it is terminated on a thread: the panel does not wait for it to exit)."""
-        self._generation += 1
-        process, self.process = self.process, None
-        if process is not None and process.running:
+        process = self._disconnect()
+        if process is not None:
             self.calls.submit("stop", process.stop)
         if self.state != "none":
             self.state = "stopped"
             self.on_status("stopped")
-        self.client = None
-        self.info = None
 
     def shutdown(self) -> None:
         """Slicer quits: stop the local worker now (waiting for it) and end the threads."""
@@ -207,6 +211,14 @@ class Worker:
             self._lose(f"the worker exited (code {code}):\n{self.process.log_tail()}")
 
     # internals ------------------------------------------------------------------------------------
+    def _disconnect(self) -> Optional[ServerProcess]:
+        """Forget the client and pending results; returns the local worker still running (not stopped yet)."""
+        self._generation += 1
+        process, self.process = self.process, None
+        self.client = None
+        self.info = None
+        return process if process is not None and process.running else None
+
     def _begin(self, state: str, status: str) -> None:
         self._generation += 1
         self.state = state

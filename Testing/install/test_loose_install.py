@@ -54,8 +54,9 @@ def _pyenv_root() -> str:
 
 
 def no_project_constraints() -> dict:
-    """pip's environment without a constraints file from the environment (the machine's pip.conf stays)."""
-    return {k: v for k, v in os.environ.items() if k not in ("PIP_CONSTRAINT", "PIP_REQUIRE_VIRTUALENV")}
+    """pip's environment without a constraints file from the environment (the machine's pip.conf stays) and
+    without PYTHONPATH (the source tree on it would count as an installed sammed-server)."""
+    return {k: v for k, v in os.environ.items() if k not in ("PIP_CONSTRAINT", "PIP_REQUIRE_VIRTUALENV", "PYTHONPATH")}
 
 
 @pytest.mark.parametrize("version", sorted(SLICER_PYTHONS))
@@ -101,7 +102,8 @@ def test_loose_install_serves_health(tmp_path):
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     began = time.monotonic()
     env = no_project_constraints()
-    subprocess.run([*pip, wheel], check=True, env=env, timeout=900)
+    result = subprocess.run([*pip, wheel], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
     torch_version = Path(wheel).name.split("-")[1]
     # a user's own torch stays: name it with the package, no constraints file
     result = subprocess.run([*pip, str(SERVER), f"torch=={torch_version}"], capture_output=True, text=True,
@@ -112,8 +114,7 @@ def test_loose_install_serves_health(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = (tmp_path / "serve.log").open("wb")
-    serve_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed package, not the tree
-    serve_env["SAMMED_CACHE_DIR"] = str(tmp_path / "cache")
+    serve_env = {**env, "SAMMED_CACHE_DIR": str(tmp_path / "cache")}  # the installed package, not the tree
     worker = subprocess.Popen([str(venv / "bin" / "sammed-server"), "serve", "--port", str(port), "--device", "cpu"],
                               stdout=log, stderr=subprocess.STDOUT, env=serve_env)
     try:

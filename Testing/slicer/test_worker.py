@@ -287,3 +287,34 @@ def test_install_cancel():
     run.cancel()
     assert run.poll().state == "cancelled"
     run._run.process.wait(10)
+
+
+def test_real_worker_from_another_python_with_slicers_launcher_variables(shared_cache_dir):
+    """The user's path for "Another Python": the real sammed-server started from .venv's python, with a startup
+    environment that still carries a launcher's PYTHONHOME/PYTHONPATH (they would break that Python if passed on)."""
+    python = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"no worker Python at {python}")
+    startup = {**os.environ, "PYTHONHOME": "/nonexistent/Slicer/lib/Python", "PYTHONNOUSERSITE": "1",
+               "PYTHONPATH": "/nonexistent/Slicer/lib/Python/site-packages", "SAMMED_CACHE_DIR": str(shared_cache_dir)}
+    port = free_port()
+    launch = local_launch("python", port, str(python), startup_environment=startup)
+    assert "--device" not in launch.command
+    launch = LocalLaunch([*launch.command, "--device", "cpu"], launch.env, launch.creationflags)
+    record = Recorder()
+    worker = Worker(record.connected.append, record.status.append, record.errors.append, start_timeout=300)
+    record.timed(worker.start_local, launch, port, str(shared_cache_dir / "worker-python.log"))
+    record.poll_until(worker, lambda: worker.state != "starting", 300)
+    try:
+        assert worker.state == "connected", record.errors
+        assert "litemedsam" in [m.id for m in record.connected[0].models]
+        first = worker.process
+        record.timed(worker.start_local, launch, port, str(shared_cache_dir / "worker-python.log"))  # Start again
+        record.poll_until(worker, lambda: worker.state != "starting", 300)
+        assert worker.state == "connected" and worker.process is not first and not first.running, record.errors
+        assert record.longest < STALL_LIMIT_S
+        print(f"\nreal worker from another Python, started twice: longest main-thread call "
+              f"{1000 * record.longest:.1f} ms")
+    finally:
+        worker.shutdown()
+    assert not first.running and worker.process is None
