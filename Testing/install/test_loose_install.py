@@ -52,6 +52,12 @@ def _pyenv_root() -> str:
     return str(default) if default.is_dir() else ""
 
 
+def server_copy(folder: Path) -> Path:
+    """A copy of the package sources: pip builds in the tree it is given (build/, *.egg-info), not in the repo's."""
+    return Path(shutil.copytree(SERVER, folder / "SAMMedServer",
+                                ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "tests")))
+
+
 def no_project_constraints() -> dict:
     """pip's environment without a constraints file from the environment (the machine's pip.conf stays) and
     without PYTHONPATH (the source tree on it would count as an installed sammed-server)."""
@@ -73,7 +79,7 @@ def dry_runs(tmp_path_factory) -> dict:
         with open(folder / "pip.log", "w") as log:  # a file, not a pipe: a full pipe would stall the other run
             process = subprocess.Popen(
                 [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
-                 str(folder / "report.json"), str(SERVER)], stdout=log, stderr=subprocess.STDOUT,
+                 str(folder / "report.json"), str(server_copy(folder))], stdout=log, stderr=subprocess.STDOUT,
                 env=no_project_constraints(),
             )
         runs[version] = (process, folder)
@@ -107,7 +113,7 @@ def test_loose_install_serves_health(tmp_path):
     env = no_project_constraints()
     began = time.monotonic()
     result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile",
-                             str(SERVER)], capture_output=True, text=True, env=env, timeout=1800)
+                             str(server_copy(tmp_path))], capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     installed = time.monotonic() - began
     versions = subprocess.run([str(venv / "bin" / "python"), "-c",
