@@ -28,6 +28,7 @@ from SAMMedSlicerLib.session import Session, create_prompt_nodes, slice_of_view
 SETTINGS_PREFIX = "SAMMed/"
 SHORTCUTS = {"Shift+A": "positivePoints", "Shift+S": "negativePoints", "Shift+B": "box"}
 POLL_MS = 500
+DRAIN_MS = 50  # finished predictions are written into the segment this often (main thread)
 
 
 class SAMMedSlicer(ScriptedLoadableModule):
@@ -142,6 +143,8 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.params: Optional[Parameters] = None
         self.shortcuts: list[Any] = []
         self.timer: Optional[Any] = None
+        self.drainTimer: Optional[Any] = None
+        self._predictionStatusShown = False
         self._focus: Optional[tuple[int, int]] = None
         self._encoderTypes: dict[str, str] = {}
 
@@ -185,6 +188,10 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onPoll)
+        self.drainTimer = qt.QTimer()  # runs while the module lives: predictions in flight land after exit() too
+        self.drainTimer.setInterval(DRAIN_MS)
+        self.drainTimer.timeout.connect(self.onDrainPredictions)
+        self.drainTimer.start()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         slicer.app.connect("aboutToQuit()", self.logic.shutdown)
         self.initializeParameterNode()
@@ -193,6 +200,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self.timer is not None:
             self.timer.stop()
+            self.drainTimer.stop()
         self._removeShortcuts()
         if self.logic is not None:
             self.logic.shutdown()
@@ -261,7 +269,14 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         axis, index = slice_of_view(volume, red)
         session.set_volume(volume, focus=index, axis=axis)
         session.observe({role: self.params.reference(role) for role in ("positivePoints", "negativePoints", "box")})
+        self._watchSliceViewKeys(session)
         self._updateSegment()
+
+    def _watchSliceViewKeys(self, session: Session) -> None:
+        """Esc in a slice view leaves Place mode (Slicer's markups widget has no key for it)."""
+        layout = slicer.app.layoutManager()
+        for name in layout.sliceViewNames():
+            session.placement.watch_keys(layout.sliceWidget(name).sliceView().interactor())
 
     # worker --------------------------------------------------------------------------------------
     def onStartWorker(self) -> None:
@@ -473,6 +488,18 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 session.focus(*focus)
         except SAMMedClientError as exc:
             self._status(f"worker unreachable: {exc}")
+
+    def onDrainPredictions(self) -> None:
+        """Write finished predictions into the segment (the prediction thread never touches the scene) and show
+        what is still running in the status bar."""
+        session = self.logic.session if self.logic is not None else None
+        if session is None:
+            return
+        session.drain()
+        activity = session.activity()
+        if activity or self._predictionStatusShown:
+            slicer.util.showStatusMessage(f"SAMMed: {activity}" if activity else "SAMMed: ready", 0 if activity else 2000)
+        self._predictionStatusShown = bool(activity)
 
     def _status(self, text: str) -> None:
         self.ui.workerStatusLabel.text = text
