@@ -37,8 +37,11 @@ def create_prompt_nodes(scene: Any) -> dict[str, Any]:
     ):
         node = scene.AddNewNodeByClass(cls, name)
         node.CreateDefaultDisplayNodes()
-        node.GetDisplayNode().SetSelectedColor(*color)
-        node.GetDisplayNode().SetColor(*color)
+        display = node.GetDisplayNode()
+        display.SetSelectedColor(*color)
+        display.SetColor(*color)
+        display.SetPropertiesLabelVisibility(False)  # the colour says what it is; names would cover the image
+        display.SetPointLabelsVisibility(False)
         nodes[role] = node
     return nodes
 

@@ -41,6 +41,7 @@ class PromptStep:
 
     prompt: P.Prompt
     edits: list[SliceEdit] = field(default_factory=list)
+    hidden: Optional[Any] = None  # the ROI of the box this box replaced on its slice (hidden until undo)
 
 
 @dataclass
@@ -328,12 +329,34 @@ class Session(SessionWorkflows):
         previous = [b for b, snapshot in self._placed_boxes if snapshot.GetAttribute("SAMMed.node") == roi.GetID()]
         if previous and box == previous[-1]:
             return None
+        self._fit_to_slice(roi, box.axis)
+        replaced = self.prompts.on_slice_boxes(box.axis, box.index)
         step = self.add_prompt(P.Prompt("box", box.axis, box.index, box.corners, roi.GetID()))
+        superseded = self.scene.GetNodeByID(replaced[-1].node_id) if replaced else None
+        if superseded is not None and superseded is not roi and superseded.GetDisplayNode() is not None:
+            superseded.GetDisplayNode().SetVisibility(False)  # only the newest box of a slice counts: show only it
+            step.hidden = superseded
         snapshot = roi.NewInstance()
         snapshot.CopyContent(roi)
         snapshot.SetAttribute("SAMMed.node", roi.GetID())
         self._placed_boxes.append((box, snapshot))
         return step
+
+    def _fit_to_slice(self, roi: Any, axis: int) -> None:
+        """Make a box one voxel thick across its slice: Slicer gives an ROI drawn in a slice view a depth as large as
+        its height, so it would show on dozens of slices it does not prompt."""
+        direction = ijk_to_ras(self._require_volume())[:3, axis]
+        axes = []
+        for getter in (roi.GetXAxisWorld, roi.GetYAxisWorld, roi.GetZAxisWorld):
+            vector = [0.0, 0.0, 0.0]
+            getter(vector)
+            axes.append(vector)
+        across = int(np.argmax(np.abs(np.array(axes) @ (direction / np.linalg.norm(direction)))))
+        size = list(roi.GetSize())
+        if size[across] > np.linalg.norm(direction) * 1.001:
+            size[across] = float(np.linalg.norm(direction))
+            with self.placement.muted():
+                roi.SetSize(*size)
 
     def add_prompt(self, prompt: P.Prompt) -> PromptStep:
         """Record a prompt and queue the prediction of its slice from every prompt there; returns its undo step
@@ -364,6 +387,8 @@ class Session(SessionWorkflows):
         self.prompts.pop()
         with self.placement.muted():
             self._remove_markup(step.prompt)
+            if step.hidden is not None and self.scene.IsNodePresent(step.hidden):
+                step.hidden.GetDisplayNode().SetVisibility(True)
         return True
 
     def _restore_point(self, moved: MovedPoint) -> None:
