@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
@@ -22,16 +21,16 @@ import numpy as np
 from . import prompts as P
 from .client import ConnectionFailedError, RequestTimeoutError
 from .placement import PromptPlacement, create_prompt_nodes, roi_corners
-from .predictions import PredictionQueue, Request
+from .predictions import PredictionQueue
 from .segments import EditSettings, SegmentSlices, SliceEdit
+from .upload import Progress, VolumeUpload
 from .session_workflows import SessionWorkflows
-from .volume import dims_ijk, ijk_to_ras, lps_geometry, to_numpy, voxel_array
+from .volume import dims_ijk, ijk_to_ras, to_numpy
 from .workflows import AppliedResult
 
 __all__ = ["Session", "Progress", "create_prompt_nodes", "slice_of_view"]
 
 PLANE_TOLERANCE_MM = 1e-2
-STATUS_REFRESH_S = 0.3  # progress() asks the worker at most this often (on a background thread)
 WORKER_DOWN = (ConnectionFailedError, RequestTimeoutError)
 
 
@@ -95,24 +94,6 @@ class WorkerClient(Protocol):
     def auto_segment(self, volume_id: str, artefact: str, **options: Any) -> str: ...
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Background work for the panel: ``state`` is idle, uploading, queued, running, succeeded, failed or cancelled."""
-
-    state: str
-    fraction: float = 0.0
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Background work for the panel: ``state`` is idle, uploading, queued, running, succeeded, failed or cancelled."""
-
-    state: str
-    fraction: float = 0.0
-    message: str = ""
-
-
 def slice_of_view(volume_node: Any, slice_node: Any) -> tuple[int, int]:
     """(axis, index) of the slice of ``volume_node`` that a slice view shows."""
     slice_to_ras = to_numpy(slice_node.GetSliceToRAS())
@@ -163,14 +144,8 @@ class Session(SessionWorkflows):
         self._placed_boxes: list[tuple[P.SliceBox, Any]] = []  # each accepted box and a copy of its ROI node
         self._predictions = PredictionQueue()
         self._requests: dict[int, Step] = {}  # ticket → the step its prediction belongs to
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sammed-upload")
-        self._status = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sammed-status")
-        self._upload: Optional[Future] = None
-        self._embed_axis = default_axis
+        self._upload: Optional[VolumeUpload] = None
         self._model_box_only: Optional[bool] = None
-        self._progress = Progress("idle")
-        self._progress_refresh: Optional[Future] = None
-        self._progress_asked = 0.0
         self._lock = threading.Lock()
 
     # selection ---------------------------------------------------------------------------------
@@ -179,17 +154,14 @@ class Session(SessionWorkflows):
     ) -> None:
         """Select the volume: send it to the worker and (``precompute``) start embedding its slices along ``axis``,
         slice ``focus`` first, all in the background. Prompts given before the upload ends are predicted after it."""
-        self._cancel_embedding()
+        if self._upload is not None:
+            self._upload.close()
         self.volume_node = volume_node
         self.clear_prompts()
-        self._progress = Progress("idle")
-        if volume_node is None:
-            self._upload = None
-            return
-        self._embed_axis = self.default_axis if axis is None else axis
-        array = voxel_array(volume_node)  # read VTK data here, on the caller's (main) thread
-        geometry = lps_geometry(ijk_to_ras(volume_node))
-        self._upload = self._executor.submit(self._send_volume, array, geometry, self._embed_axis, focus, precompute)
+        self._upload = None
+        if volume_node is not None:
+            self._upload = VolumeUpload(self.client, volume_node, self.default_axis if axis is None else axis, focus,
+                                        precompute, self._options(), self._report)
 
     def set_segment(self, segmentation_node: Optional[Any], segment_id: str) -> None:
         """The segment that prompts write into."""
@@ -199,64 +171,33 @@ class Session(SessionWorkflows):
     @property
     def volume_id(self) -> str:
         """The worker's id of the selected volume (waits for the upload: not for the main thread)."""
-        if self._upload is None:
-            raise RuntimeError("select a volume first")
-        return self._upload.result()[0]
+        return self._require_upload().volume_id()
 
     def wait_until_uploaded(self, timeout: Optional[float] = None) -> str:
-        if self._upload is None:
-            raise RuntimeError("select a volume first")
-        return self._upload.result(timeout)[0]
+        return self._require_upload().volume_id(timeout)
 
     def _uploaded_volume_id(self) -> str:
         """The volume's id on the worker, without waiting (a clear error while it is still being sent)."""
+        return self._require_upload().volume_id_now()
+
+    def _require_upload(self) -> VolumeUpload:
         if self._upload is None:
             raise RuntimeError("select a volume first")
-        if not self._upload.done():
-            raise RuntimeError("the volume is still being sent to the worker: try again in a moment")
-        return self._upload.result()[0]
+        return self._upload
 
-    # background embedding ----------------------------------------------------------------------
+    # background embedding (never waits: see upload.py) -----------------------------------------
     def progress(self) -> Progress:
-        """Where the upload / precompute stands. Never waits: the worker is asked on a background thread and the
-        last answer is returned."""
-        if self._upload is None:
-            return Progress("idle")
-        if not self._upload.done():
-            return Progress("uploading", 0.0, "sending the volume to the worker")
-        if self._upload.exception() is not None:
-            return Progress("failed", 0.0, str(self._upload.exception()))
-        if not self._job_id:
-            return Progress("idle", 0.0, "volume on the worker")
-        refreshing = self._progress_refresh is not None and not self._progress_refresh.done()
-        if not refreshing and time.monotonic() - self._progress_asked > STATUS_REFRESH_S:
-            self._progress_asked = time.monotonic()
-            self._progress_refresh = self._status.submit(self._refresh_progress, self._job_id)
-        return self._progress
-
-    def _refresh_progress(self, job_id: str) -> None:
-        try:
-            job = self.client.job(job_id)
-        except Exception as exc:  # noqa: BLE001 - shown as the progress state; the worker may be gone
-            self._progress = Progress("failed", 0.0, str(exc))
-            return
-        self._progress = Progress(job.state, float(job.progress), job.message)
+        """Where the upload / precompute stands (the worker's last answer)."""
+        return Progress("idle") if self._upload is None else self._upload.progress()
 
     def focus(self, axis: int, index: int) -> None:
-        """Tell the running precompute which slice is on screen (it is computed next); sent in the background."""
-        job_id = self._job_id
-        if job_id and axis == self._embed_axis and self._progress.state in ("idle", "queued", "running"):
-            self._status.submit(self._send_focus, job_id, index)
-
-    def _send_focus(self, job_id: str, index: int) -> None:
-        try:
-            if not self.client.job(job_id).done:
-                self.client.focus_job(job_id, index)
-        except Exception:  # noqa: BLE001 - a hint only; progress() reports a worker that is gone
-            pass
+        """Tell the running precompute which slice is on screen (it is computed next)."""
+        if self._upload is not None:
+            self._upload.focus(axis, index)
 
     def cancel_precompute(self) -> None:
-        self._cancel_embedding()
+        if self._upload is not None:
+            self._upload.cancel()
 
     # prompt nodes ------------------------------------------------------------------------------
     def observe(self, nodes: dict[str, Any]) -> None:
@@ -426,7 +367,7 @@ class Session(SessionWorkflows):
         if running is None and not waiting:
             return ""
         text = f"predicting slice {running.key[2]}" if running is not None else "predicting"
-        if self._upload is not None and not self._upload.done():
+        if self._upload is not None and not self._upload.done:
             text = "waiting for the volume upload"
         return text + (f" ({waiting} waiting)" if waiting else "")
 
@@ -583,32 +524,6 @@ class Session(SessionWorkflows):
             if index >= 0:
                 node.RemoveNthControlPoint(index)
 
-    def _send_volume(
-        self, array: np.ndarray, geometry: Any, axis: int, focus: Optional[int], precompute: bool
-    ) -> tuple[str, str]:
-        info = self.client.upload_volume(array, geometry.spacing, geometry.origin, geometry.direction)
-        if not precompute:
-            return info.id, ""
-        return info.id, self.client.start_embedding(info.id, axis=axis, focus=focus, **self._options())
-
-    @property
-    def _job_id(self) -> str:
-        """The precompute job's id ("" while uploading, after a failed upload, or without precompute)."""
-        if self._upload is None or not self._upload.done() or self._upload.exception() is not None:
-            return ""
-        return self._upload.result()[1]
-
-    def _cancel_embedding(self) -> None:
-        job_id = self._job_id
-        if job_id:
-            self._status.submit(self._send_cancel, job_id)
-
-    def _send_cancel(self, job_id: str) -> None:
-        try:
-            self.client.cancel_job(job_id)
-        except Exception as exc:  # noqa: BLE001 - the worker may be gone; nothing to cancel then
-            self._report(f"could not cancel the precompute: {exc}")
-
     def _guarded(self, callback: Callable[..., None], *args: Any) -> None:
         try:
             callback(*args)
@@ -628,10 +543,9 @@ class Session(SessionWorkflows):
     def close(self) -> None:
         """Stop observing, cancel the precompute, end the background threads (without waiting for them)."""
         self.unobserve()
-        self._cancel_embedding()
         self._predictions.close()
-        self._executor.shutdown(wait=False)
-        self._status.shutdown(wait=False)
+        if self._upload is not None:
+            self._upload.close()
 
 
 def _thinnest_axis(ras_to_ijk_matrix: np.ndarray, corners: np.ndarray) -> int:
