@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/co
 SAMMED_DATA_DIR ?= ../shared/data
 export SAMMED_DATA_DIR
 
-.PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench clean
+.PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench bench-slicer clean
 
 venv: $(VENV)/.installed
 
@@ -64,6 +64,10 @@ test: test-server test-slicer test-view
 
 bench: venv
 	$(VENV)/bin/sammed-server bench --http --auto hsam,masam,decoder --batch
+
+# Main-thread cost of writing results into a 512×512×300 segmentation with 10 segments (printed, not asserted).
+bench-slicer: venv-slicer
+	$(SLICER_VENV)/bin/python -m pytest Testing/slicer -m bench -s -q
 
 clean:
 	rm -rf $(VENV) $(SLICER_VENV) $(VIEW_VENV) out .pytest_cache

@@ -34,6 +34,7 @@ PROMPT_ROLES = ("positivePoints", "negativePoints", "box")
 POLL_MS = 500
 HANDOVER = "SAMMedSlicerWorkerHandover"  # slicer.modules attribute: the running worker, from Reload to the new widget
 SOURCE_LABELS = {"slicer": "Slicer's Python", "python": "Another Python", "remote": "Remote worker"}
+DRAIN_MS = 50  # finished predictions are written into the segment this often (main thread)
 
 
 class SAMMedSlicer(ScriptedLoadableModule):
@@ -161,6 +162,8 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.shortcuts: list[Any] = []
         self.timer: Optional[Any] = None
         self.install: Optional[InstallRun] = None
+        self.drainTimer: Optional[Any] = None
+        self._predictionStatusShown = False
         self._focus: Optional[tuple[int, int]] = None
         self._encoderTypes: dict[str, str] = {}
         self._taskRunning = False
@@ -211,12 +214,17 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
         selection = slicer.app.applicationLogic().GetSelectionNode()
-        self.addObserver(selection, selection.ActivePlaceNodeIDChangedEvent, self.onInteractionModeChanged)
+        # after the session's own observer (priority 0), which adopts the ROI Slicer makes for the next box
+        self.addObserver(selection, selection.ActivePlaceNodeIDChangedEvent, self.onInteractionModeChanged, priority=-1.0)
         slicer.app.connect("aboutToQuit()", self.logic.shutdown)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.onPoll)
         self.timer.start()  # runs while the panel exists: a start, install or lost worker is noticed in any module
+        self.drainTimer = qt.QTimer()  # runs while the module lives: predictions in flight land after exit() too
+        self.drainTimer.setInterval(DRAIN_MS)
+        self.drainTimer.timeout.connect(self.onDrainPredictions)
+        self.drainTimer.start()
         self.initializeParameterNode()
         self._takeOverWorker()
 
@@ -226,6 +234,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self.timer is not None:
             self.timer.stop()
+            self.drainTimer.stop()
         self._removeShortcuts()
         if self.logic is not None:
             self.logic.end_session()
@@ -329,7 +338,14 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._focus = (axis, index)
         session.set_volume(volume, focus=index, axis=axis)
         session.observe({role: self.params.reference(role) for role in PROMPT_ROLES})
+        self._watchSliceViewKeys(session)
         self._updateSegment()
+
+    def _watchSliceViewKeys(self, session: Session) -> None:
+        """Esc in a slice view leaves Place mode (Slicer's markups widget has no key for it)."""
+        layout = slicer.app.layoutManager()
+        for name in layout.sliceViewNames():
+            session.placement.watch_keys(layout.sliceWidget(name).sliceView().interactor())
 
     # worker: three ways to get one, none of them waits on the main thread -------------------------------
     def _source(self) -> str:
@@ -531,8 +547,15 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return {"positivePoints": self.ui.positivePointButton, "negativePoints": self.ui.negativePointButton,
                 "box": self.ui.boxButton}
 
-    def _promptNodes(self) -> dict[str, Any]:
-        return {role: self.params.reference(role) for role in PROMPT_ROLES} if self.params is not None else {}
+    def _promptNodes(self) -> dict[str, list[Any]]:
+        """The markups of each prompt role; boxes include the ROI nodes the session adopted for later boxes."""
+        if self.params is None:
+            return {}
+        nodes = {role: [self.params.reference(role)] for role in PROMPT_ROLES}
+        session = self.logic.session if self.logic is not None else None
+        if session is not None:
+            nodes["box"] = session.placement.box_nodes
+        return nodes
 
     def placePrompt(self, role: str) -> None:
         """Put the slice views in place mode for one of the prompt markups."""
@@ -607,6 +630,18 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         task_state = advance_task(status)
         if task_state is not None and self._taskRunning:
             self._showTask(*task_state, status.task)
+
+    def onDrainPredictions(self) -> None:
+        """Write finished predictions into the segment (the prediction thread never touches the scene) and show
+        what is still running in the status bar."""
+        session = self.logic.session if self.logic is not None else None
+        if session is None:
+            return
+        session.drain()
+        activity = session.activity()
+        if activity or self._predictionStatusShown:
+            slicer.util.showStatusMessage(f"SAMMed: {activity}" if activity else "SAMMed: ready", 0 if activity else 2000)
+        self._predictionStatusShown = bool(activity)
 
     def _status(self, text: str) -> None:
         self.ui.workerStatusLabel.text = text

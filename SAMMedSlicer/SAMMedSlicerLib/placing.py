@@ -6,7 +6,7 @@ Slicer leaves place mode on its own (Esc, right-click, the toolbar): the panel o
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 
 def start_placing(interaction_node: Any, selection_node: Any, markup_node: Any) -> None:
@@ -17,7 +17,7 @@ def start_placing(interaction_node: Any, selection_node: Any, markup_node: Any) 
     interaction_node.SetCurrentInteractionMode(interaction_node.Place)
 
 
-def stop_placing(interaction_node: Any, selection_node: Any, markup_nodes: Mapping[str, Any]) -> None:
+def stop_placing(interaction_node: Any, selection_node: Any, markup_nodes: Mapping[str, Sequence[Any]]) -> None:
     """Leave place mode and persistence if one of ``markup_nodes`` is being placed (another module's placing stays)."""
     if placing_role(interaction_node, selection_node, markup_nodes) is None:
         return
@@ -25,11 +25,16 @@ def stop_placing(interaction_node: Any, selection_node: Any, markup_nodes: Mappi
     interaction_node.SetCurrentInteractionMode(interaction_node.ViewTransform)
 
 
-def placing_role(interaction_node: Any, selection_node: Any, markup_nodes: Mapping[str, Any]) -> Optional[str]:
-    """The role (``positivePoints``, ``negativePoints``, ``box``) whose markup is being placed now, else None."""
+def placing_role(
+    interaction_node: Any, selection_node: Any, markup_nodes: Mapping[str, Sequence[Any]]
+) -> Optional[str]:
+    """The role (``positivePoints``, ``negativePoints``, ``box``) one of whose markups is being placed now, else None.
+
+    A role has several nodes when Slicer made a new ROI for each further box (``PromptPlacement.box_nodes``)."""
     if interaction_node is None or selection_node is None:
         return None
     if interaction_node.GetCurrentInteractionMode() != interaction_node.Place:
         return None
     active = selection_node.GetActivePlaceNodeID()
-    return next((role for role, node in markup_nodes.items() if node is not None and node.GetID() == active), None)
+    return next((role for role, nodes in markup_nodes.items()
+                 if any(node is not None and node.GetID() == active for node in nodes)), None)

@@ -143,6 +143,10 @@ class PromptLog:
     def clear(self) -> None:
         self._prompts.clear()
 
+    def on_slice_boxes(self, axis: int, index: int) -> list[Prompt]:
+        """The boxes placed on slice ``index`` along ``axis``, oldest first."""
+        return [p for p in self._prompts if p.kind == "box" and p.axis == axis and p.index == index]
+
     def on_slice(self, axis: int, index: int) -> SlicePrompts:
         """Points of both signs and the latest box placed on slice ``index`` along ``axis``."""
         here = [p for p in self._prompts if p.axis == axis and p.index == index]

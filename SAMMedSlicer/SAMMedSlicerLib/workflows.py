@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .segments import EditSettings, SegmentSlices, SliceEdit, slice_index
+from .segments import EditSettings, SegmentSlices, SliceEdit, mask_region, slice_index
 
 PREVIEW_NAME = "SAMMed preview"
 PREVIEW_COLOR = (1.0, 0.55, 0.0)
@@ -116,8 +116,11 @@ class PendingResult:
         writer = SegmentSlices(node, volume_node)
         for name, color, mask in self._layers():
             segment_id = node.GetSegmentation().AddEmptySegment("", name, color)
-            for axis, index, plane in _planes(mask):
-                writer.write(segment_id, axis, index, plane)
+            if isinstance(mask, dict):
+                for (axis, index), plane in sorted(mask.items()):
+                    writer.write(segment_id, axis, index, plane)
+            elif (region := mask_region(np.asarray(mask, bool))) is not None:
+                writer.write_region({segment_id: np.asarray(mask, bool)[region]}, region)
         self.preview_node = node
         return node
 
@@ -140,8 +143,9 @@ class PendingResult:
             name = _free_name(segmentation, str(label["name"]))
             segment_id = segmentation.AddEmptySegment("", name, tuple(label.get("color") or PREVIEW_COLOR))
             applied.created.append(segment_id)
-            for axis, index, plane in _planes(volume):
-                applied.edits.append(segments.apply(settings, segment_id, axis, index, plane))
+            edit = segments.apply_volume(settings, segment_id, volume)  # one vectorised step, not slice by slice
+            if edit is not None:
+                applied.edits.append(edit)
         return applied
 
     def _layers(self) -> list[tuple[str, tuple[float, float, float], Any]]:
@@ -167,13 +171,6 @@ class AppliedResult:
         segmentation = segments.segmentation_node.GetSegmentation()
         for segment_id in self.created:
             segmentation.RemoveSegment(segment_id)
-
-
-def _planes(mask: Any) -> list[tuple[int, int, np.ndarray]]:
-    """(axis, index, plane) to write: a slice dict as it is, a ``(K, J, I)`` volume as its non-empty K slices."""
-    if isinstance(mask, dict):
-        return [(axis, index, plane) for (axis, index), plane in sorted(mask.items())]
-    return [(2, int(k), mask[k]) for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))]
 
 
 def _free_name(segmentation: Any, name: str) -> str:

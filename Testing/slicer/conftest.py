@@ -123,6 +123,7 @@ def session(mrml, segmentation, worker):
 
     live = Session(mrml.scene, worker)
     live.set_volume(mrml.volume, precompute=False)
+    live.wait_until_uploaded(300)  # the workflows refuse to start while the volume is still being sent
     live.observe(create_prompt_nodes(mrml.scene))
     yield live
     live.close()

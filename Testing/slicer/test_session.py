@@ -105,6 +105,7 @@ def test_boxes_reach_dice_on_organs(mrml, segmentation, session, reference, caps
         session.set_segment(segmentation, segment_id)
         k = largest_slice(reference[organ], axis=2)
         expected = place_box(roi, mrml.volume, reference[organ], 2, k)
+        session.wait()
         got = read_segment(segmentation, segment_id, mrml.volume)
         scores[organ] = dice(got[k], expected)
         assert got.sum() == got[k].sum(), f"{organ}: voxels written outside slice {k}"
@@ -134,18 +135,22 @@ def test_points_and_boxes_in_views_with_exact_undo(mrml, segmentation, session, 
 
     history = [read_segment(segmentation, segment_id, mrml.volume)]
     positive.AddControlPoint(vtk.vtkVector3d(*to_ras(mrml.volume, (is_[inside], js[inside], k))))
+    session.wait()
     assert session.notices and "box" in session.notices[-1]
     history.append(read_segment(segmentation, segment_id, mrml.volume))
     assert not history[-1].any(), "a point alone must not segment with a box-only model"
     roi = nodes(session)["box"]
     place_box(roi, mrml.volume, liver, 2, k)
+    session.wait()
     axial_roi = roi_geometry(roi)
     history.append(read_segment(segmentation, segment_id, mrml.volume))
     box_and_point_dice = dice(history[-1][k], liver[k])
     negative.AddControlPoint(vtk.vtkVector3d(*to_ras(mrml.volume, (far_i[far], far_j[far], k))))
+    session.wait()
     history.append(read_segment(segmentation, segment_id, mrml.volume))
     points_dice = dice(history[-1][k], liver[k])
     expected = place_box(nodes(session)["box"], mrml.volume, liver, 1, j)
+    session.wait()
     history.append(read_segment(segmentation, segment_id, mrml.volume))
     coronal_dice = dice(history[-1][:, j, :], expected)
     with capsys.disabled():
@@ -191,12 +196,14 @@ def test_prompt_overwrites_other_segment_only_as_editor_allows(mrml, segmentatio
 
     editor.SetOverwriteMode(editor.OverwriteNone)
     place_box(nodes(session)["box"], mrml.volume, spleen, 2, k)
+    session.wait()
     assert np.array_equal(slices.read(blocker, 2, k), block)
     assert (slices.read(target, 2, k) & block).any(), "the prediction should overlap the band"
     session.undo()
 
     editor.SetOverwriteMode(editor.OverwriteAllSegments)
     place_box(nodes(session)["box"], mrml.volume, spleen, 2, k)
+    session.wait()
     painted = slices.read(target, 2, k)
     assert np.array_equal(slices.read(blocker, 2, k), block & ~painted) and (block & painted).any()
     session.undo()
@@ -222,7 +229,8 @@ def test_background_precompute_reports_progress(mrml, worker):
 
 
 def test_dragging_a_point_predicts_again_and_undo_moves_it_back(mrml, segmentation, session, reference):
-    """A "+" point dragged to another pixel (PointEndInteractionEvent) re-predicts its slice from its new place;
+    """A "+" point dragged to another pixel re-predicts its slice from its new place: Slicer's widget ends the drag
+    with a PointEndInteractionEvent that has no index (it is in the node attribute Markups.MovingMarkupIndex);
     undo puts the point, the prompt and the segment back exactly."""
     import slicer
 
@@ -235,13 +243,16 @@ def test_dragging_a_point_predicts_again_and_undo_moves_it_back(mrml, segmentati
     first, second = (is_[0], js[0], k), (is_[len(is_) // 2], js[len(js) // 2], k)
     positive = nodes(session)["positivePoints"]
     positive.AddControlPoint(vtk.vtkVector3d(*to_ras(mrml.volume, first)))
+    session.wait()
     placed = read_segment(segmentation, segment_id, mrml.volume)
     undo_depth = len(session._undo)
 
+    positive.SetAttribute("Markups.MovingMarkupIndex", "0")  # as vtkSlicerMarkupsWidget::StartWidgetInteraction
     positive.SetNthControlPointPositionWorld(0, *to_ras(mrml.volume, second))
-    positive.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # calldata-less: handler ignores it
-    assert len(session._undo) == undo_depth
-    assert session.move_point(positive.GetID(), positive.GetNthControlPointID(0), to_ras(mrml.volume, second))
+    positive.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # no call data, as in Slicer
+    positive.SetAttribute("Markups.MovingMarkupIndex", "")
+    session.wait()
+    assert len(session._undo) == undo_depth + 1, "the drag did not re-predict"
     prompt = [p for p in session.prompts if p.kind == "positive"][0]
     assert np.allclose(prompt.coords, second[:2], atol=1e-6)
     moved = read_segment(segmentation, segment_id, mrml.volume)

@@ -76,6 +76,7 @@ def test_train_prompt_from_two_slices_then_click(mrml, segmentation, session, re
     js, is_ = np.nonzero(liver[k])
     inside = np.argmin((is_ - is_.mean()) ** 2 + (js - js.mean()) ** 2)
     session.prompt_nodes["positivePoints"].AddControlPoint(vtk.vtkVector3d(*to_ras(mrml.volume, (is_[inside], js[inside], k))))
+    session.wait()
     after = read_segment(segmentation, segment_id, mrml.volume)
     score = dice(after[k], liver[k])
     with capsys.disabled():
