@@ -21,6 +21,11 @@ def embedding_cache_dir() -> Path:
     return Path(os.environ.get("SAMMED_CACHE_DIR", home_dir() / "embeddings")).expanduser()
 
 
+def runtime_cache_dir() -> Path:
+    """Exported ONNX models for the ONNX Runtime and OpenVINO runtimes (``$SAMMED_RUNTIME_DIR``)."""
+    return Path(os.environ.get("SAMMED_RUNTIME_DIR", home_dir() / "runtimes")).expanduser()
+
+
 def memory_cache_bytes() -> int:
     """In-memory embedding budget (default 2 GiB, ``$SAMMED_MEMORY_CACHE_MB``)."""
     return int(float(os.environ.get("SAMMED_MEMORY_CACHE_MB", 2048)) * 2**20)
