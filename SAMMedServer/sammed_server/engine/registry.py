@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ..errors import CheckpointError, UnknownModelError
-from ..settings import weights_dir
+from ..settings import runtime_choice, thread_budget, weights_dir
 from .backend import SamBackend
 from .checkpoints import verify_checkpoint
 from .runtimes import build_runtime, choose_runtime
@@ -99,14 +99,15 @@ def load_backend(
 ) -> SamBackend:
     """Build (once per process) the backend for ``model_id`` from a verified checkpoint.
 
-    ``runtime``: ``torch``, ``onnxruntime``, ``openvino`` or ``auto``/None (ONNX Runtime on the CPU when
-    installed, torch on CUDA); ``threads``: the CPU thread budget (default: the usable cores), see
-    :class:`ThreadPlan`.
+    ``runtime``: ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (ONNX Runtime on the CPU when installed,
+    torch on CUDA); ``threads``: the CPU thread budget, see :class:`ThreadPlan`. None: ``$SAMMED_RUNTIME``
+    (default auto) and ``$SAMMED_THREADS`` (default: the usable cores).
     """
     spec = get_spec(model_id)
     path = Path(checkpoint).expanduser() if checkpoint else default_checkpoint_path(spec)
     torch_device = pick_device(device)
-    runtime_name = choose_runtime(runtime, torch_device)
+    runtime_name = choose_runtime(runtime or runtime_choice(), torch_device)
+    threads = threads or thread_budget()
     key = (model_id, str(path), str(torch_device), runtime_name, threads)
     with _load_lock:
         if key not in _loaded:

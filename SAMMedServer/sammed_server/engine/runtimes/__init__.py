@@ -8,12 +8,13 @@ A runtime runs the two frozen networks of a backend: the image encoder (``encode
 from __future__ import annotations
 
 import importlib.util
-from typing import Optional, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ...errors import InputError
 from .threads import ThreadPlan
+
+if TYPE_CHECKING:
+    import torch
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
