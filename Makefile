@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/co
 SAMMED_DATA_DIR ?= ../shared/data
 export SAMMED_DATA_DIR
 
-.PHONY: venv venv-slicer venv-view demo test test-server test-slicer test-view bench clean
+.PHONY: venv venv-slicer venv-view demo test test-server test-slicer test-view bench bench-models clean
 
 venv: $(VENV)/.installed
 
@@ -55,7 +55,12 @@ test-view: venv venv-view
 
 test: test-server test-slicer test-view
 
+# One table: each runtime against torch, interleaved in one run (encoder, decode p50/p95, HTTP, peak RSS).
 bench: venv
+	$(VENV)/bin/sammed-server bench --runtimes onnxruntime,openvino --http --slices 4 --decodes 60
+
+# The per-model tables: cache behaviour, prompt-encoder training, automatic models.
+bench-models: venv
 	$(VENV)/bin/sammed-server bench --http --auto hsam,masam,decoder
 
 clean:

@@ -158,3 +158,36 @@ def test_cli_runtime_options(ct_path, tmp_path, shared_cache_dir):
                         capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz")))[24].sum() > 100
+
+
+def test_gpu_batch_size_arithmetic():
+    from sammed_server.engine.runtimes.cuda import batch_size_for
+
+    gib = 2**30
+    assert batch_size_for(free_bytes=40 * gib, per_slice_bytes=gib) == 20  # half the free memory
+    assert batch_size_for(free_bytes=140 * gib, per_slice_bytes=50 * 2**20) == 64  # capped
+    assert batch_size_for(free_bytes=gib, per_slice_bytes=4 * gib) == 1  # never below one
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_precompute_batches_from_free_memory_and_compiled_decoder_agrees(volume, labels, predictors, monkeypatch):
+    """bf16 batched precompute with pinned transfers: a batch > 1, embeddings close to the CPU ones; the compiled
+    (CUDA graph) decoder gives the eager decoder's masks."""
+    from sammed_server.engine.runtimes.torch_runtime import TorchRuntime
+
+    gpu = SlicePredictor(load_backend("litemedsam", device="cuda"), EmbeddingCache(None, 2**30))
+    prepared = gpu.prepare(volume)
+    calls = gpu.backend.encoder_calls
+    sizes = []
+    original = gpu.backend.encode
+    monkeypatch.setattr(gpu.backend, "encode", lambda images: sizes.append(len(images)) or original(images))
+    gpu.precompute(prepared, 2, order=range(20))
+    assert max(sizes) > 1 and gpu.backend.encoder_calls - calls >= 20
+    cpu = predictors["torch"].embedding(predictors["torch"].prepare(volume), 2, 10).float()
+    assert torch.nn.functional.cosine_similarity(gpu.embedding(prepared, 2, 10).float().flatten(), cpu.flatten(), dim=0) > 0.99
+    box = SlicePrompts(box=tight_box(labels[24] == ORGANS["liver"], 2))
+    eager = gpu.predict(prepared, 2, 24, box).masks
+    monkeypatch.setenv("SAMMED_COMPILE_DECODER", "1")
+    gpu.backend.runtime = TorchRuntime(gpu.backend.image_encoder, gpu.backend.mask_decoder, gpu.backend.device)
+    assert np.array_equal(gpu.predict(prepared, 2, 24, box).masks, eager)

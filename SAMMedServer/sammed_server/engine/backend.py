@@ -61,7 +61,7 @@ class SamBackend:
         self.embedding_size = int(self.prompt_encoder.image_embedding_size[0])
         self.mask_input_size = 4 * self.embedding_size
         self.encoder_calls = 0
-        self.runtime: InferenceRuntime = TorchRuntime(self.image_encoder, self.mask_decoder)
+        self.runtime: InferenceRuntime = TorchRuntime(self.image_encoder, self.mask_decoder, device)
         self._image_pe = self.prompt_encoder.get_dense_pe()  # constant: a buffer of the frozen prompt encoder
         self._counter_lock = threading.Lock()
 
@@ -79,7 +79,7 @@ class SamBackend:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` → ``(N, 256, E, E)`` float16 embeddings on the CPU."""
         with self._autocast():
-            embeddings = self.runtime.encode(images.to(self.device, torch.float32))
+            embeddings = self.runtime.encode(images.float())
         with self._counter_lock:
             self.encoder_calls += images.shape[0]
         return embeddings.to("cpu", torch.float16)

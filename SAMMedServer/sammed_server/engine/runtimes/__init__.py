@@ -59,7 +59,7 @@ def build_runtime(name: str, backend, threads: ThreadPlan) -> InferenceRuntime:
     from .torch_runtime import TorchRuntime
 
     if name == "torch":
-        return TorchRuntime(backend.image_encoder, backend.mask_decoder)
+        return TorchRuntime(backend.image_encoder, backend.mask_decoder, backend.device)
     from .export import exported_models
 
     models = exported_models(backend)
