@@ -57,7 +57,7 @@ test: test-server test-slicer test-view
 
 # One table: each runtime against torch, interleaved in one run (encoder, decode p50/p95, HTTP, peak RSS).
 bench: venv
-	$(VENV)/bin/sammed-server bench --runtimes onnxruntime,openvino --http --slices 4 --decodes 60
+	$(VENV)/bin/sammed-server bench --runtimes onnxruntime,openvino,onnxruntime-int8 --http --slices 4 --decodes 60
 
 # The per-model tables: cache behaviour, prompt-encoder training, automatic models.
 bench-models: venv

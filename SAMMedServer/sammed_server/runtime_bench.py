@@ -28,6 +28,7 @@ from .engine.predictor import SlicePredictor
 from .engine.prompts import SlicePrompts
 from .engine.registry import load_backend
 from .engine.volume import Volume, load_volume
+from .evaluation.metrics import dice
 
 REFERENCE = "torch"
 
@@ -42,6 +43,7 @@ class RuntimeTimes:
     peak_rss_mib: float = float("nan")
     identical: int = 0
     decodes: int = 0
+    dice: list[float] = field(default_factory=list)
 
 
 def organ_boxes(volume: Volume, labels: Optional[np.ndarray], indices: list[int]) -> list[tuple[int, tuple]]:
@@ -95,6 +97,7 @@ def compare_runtimes(
                 expected = masks if expected is None else expected
                 times[name].identical += int(np.array_equal(masks, expected))
                 times[name].decodes += 1
+                times[name].dice.append(dice(masks[0], expected[0]))
         if http:
             _http_round_trips(volume, boxes, runtimes, model_id, decodes, root, times)
     return _table(runtimes, times, len(indices))
@@ -168,7 +171,7 @@ def _table(runtimes: list[str], times: dict[str, RuntimeTimes], slices: int) -> 
         return f"{value * scale:.1f} {unit} ({ratio:.2f}×)"
 
     header = ["runtime", f"encoder / slice ({slices})", "decode p50", "decode p95", "HTTP p50", "HTTP p95",
-              "peak RSS (worker)", "masks = torch"]
+              "peak RSS (worker)", "masks = torch", "Dice vs torch (min)"]
     rows = []
     for name in runtimes:
         t = times[name]
@@ -181,6 +184,7 @@ def _table(runtimes: list[str], times: dict[str, RuntimeTimes], slices: int) -> 
             cell(p["http"][0], p["rh"][0]), cell(p["http"][1], p["rh"][1]),
             cell(t.peak_rss_mib, reference.peak_rss_mib, "MiB", 1.0, faster_is_lower=False),
             f"{t.identical}/{t.decodes}",
+            f"{np.mean(t.dice):.4f} ({np.min(t.dice):.4f})",
         ])
     return header, rows
 

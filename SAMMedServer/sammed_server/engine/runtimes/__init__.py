@@ -8,6 +8,7 @@ A runtime runs the two frozen networks of a backend: the image encoder (``encode
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from ...errors import InputError
@@ -16,7 +17,9 @@ from .threads import ThreadPlan
 if TYPE_CHECKING:
     import torch
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "onnxruntime-int8")
+#: Not identical to torch (int8 decoder weights; Dice against torch in docs/performance.md): never chosen by auto.
+APPROXIMATE = ("onnxruntime-int8",)
 
 
 class InferenceRuntime(Protocol):
@@ -35,7 +38,7 @@ def available(name: str) -> bool:
     """Whether runtime ``name`` can run here (its package is installed)."""
     if name == "torch":
         return True
-    return importlib.util.find_spec(name) is not None
+    return importlib.util.find_spec(name.split("-")[0]) is not None
 
 
 def choose_runtime(requested: Optional[str], device: torch.device) -> str:
@@ -49,7 +52,7 @@ def choose_runtime(requested: Optional[str], device: torch.device) -> str:
     if requested != "torch" and device.type != "cpu":
         raise InputError(f"runtime {requested} runs on the CPU only, not on {device}", "use --runtime torch on a GPU")
     if not available(requested):
-        extra = "onnxruntime" if requested == "onnxruntime" else "openvino"
+        extra = requested.split("-")[0]
         raise InputError(f"runtime {requested} is not installed", f"pip install 'sammed-server[{extra}]'")
     return requested
 
@@ -63,10 +66,14 @@ def build_runtime(name: str, backend, threads: ThreadPlan) -> InferenceRuntime:
     from .export import exported_models
 
     models = exported_models(backend)
-    if name == "onnxruntime":
+    if name.startswith("onnxruntime"):
         from .onnxruntime_runtime import OnnxRuntime
 
-        return OnnxRuntime(models, threads)
+        if name == "onnxruntime-int8":
+            from .export import int8_decoder
+
+            models = replace(models, decoder=int8_decoder(models.decoder))
+        return OnnxRuntime(models, threads, name)
     from .openvino_runtime import OpenVinoRuntime
 
     return OpenVinoRuntime(models, threads)

@@ -110,3 +110,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def int8_decoder(decoder: Path) -> Path:
+    """The decoder with int8 weights (ONNX Runtime dynamic quantisation), made once per fp32 decoder file: its
+    name carries the source's hash, so a re-exported decoder gets a new one. Opt-in only: masks differ from torch."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = decoder.with_name(f"decoder-int8-{_sha256(decoder)[:16]}.onnx")
+    if not path.exists():
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial.onnx")
+        quantize_dynamic(str(decoder), str(partial), weight_type=QuantType.QInt8)
+        os.replace(partial, path)
+    return path

@@ -12,9 +12,8 @@ from .threads import ThreadPlan
 
 
 class OnnxRuntime:
-    name = "onnxruntime"
-
-    def __init__(self, models: ExportedModels, threads: ThreadPlan) -> None:
+    def __init__(self, models: ExportedModels, threads: ThreadPlan, name: str = "onnxruntime") -> None:
+        self.name = name
         self.encoder = _session(models.encoder, threads.encode)
         self.decoder = _session(models.decoder, threads.decode)
 
