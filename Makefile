@@ -14,7 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: SAMMedServer/pyproject.toml SAMMedServer/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch torchvision
-	$(PIP) -e "SAMMedServer[test]"
+	$(PIP) -e "SAMMedServer[test,openvino]"
 	touch $@
 
 demo: venv
