@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/co
 SAMMED_DATA_DIR ?= ../shared/data
 export SAMMED_DATA_DIR
 
-.PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench bench-slicer clean
+.PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench bench-models bench-slicer clean
 
 venv: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: SAMMedServer/pyproject.toml SAMMedServer/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch torchvision
-	$(PIP) -e "SAMMedServer[test,cluster]"
+	$(PIP) -e "SAMMedServer[test,cluster,openvino]"
 	touch $@
 
 demo: venv
@@ -62,7 +62,13 @@ test-view: venv venv-view
 
 test: test-server test-slicer test-view
 
+# One table: each runtime against torch, interleaved in one run (encoder, decode p50/p95, HTTP, peak RSS).
 bench: venv
+	$(VENV)/bin/sammed-server bench --runtimes onnxruntime,openvino,onnxruntime-int8 --http --slices 4 --decodes 60
+	$(VENV)/bin/sammed-server bench --http --auto hsam,masam,decoder --batch
+
+# The per-model tables alone: cache behaviour, prompt-encoder training, automatic models, batch on Ray.
+bench-models: venv
 	$(VENV)/bin/sammed-server bench --http --auto hsam,masam,decoder --batch
 
 # Main-thread cost of writing results into a 512×512×300 segmentation with 10 segments (printed, not asserted).

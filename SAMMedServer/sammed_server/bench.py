@@ -78,7 +78,7 @@ def prompt_training_bench(
     volume_path: Path, labels_path: Path, model_id: str = "litemedsam", checkpoint: Optional[Path] = None,
     device: Optional[str] = None,
 ) -> list[Row]:
-    """Train a point prompt encoder with the CLI's default settings (`train prompt-encoder`: 40 iterations) on
+    """Train a point prompt encoder with the default settings (`train prompt-encoder`, the Train button) on
     2 slices of the labelmap's largest label, drawn as `evaluate` draws them; seconds and loss first → last."""
     from .evaluation.protocols import training_slices
     from .evaluation.prompt_simulation import largest_slice
@@ -89,7 +89,7 @@ def prompt_training_bench(
     target = labels == values[np.argmax(counts)]
     slices = [k for k in range(target.shape[0]) if target[k].any()]
     picked = training_slices(slices, 2, np.random.default_rng(0)) if len(slices) > 1 else [largest_slice(target)]
-    config = PromptTrainingConfig(iterations=40)
+    config = PromptTrainingConfig()
     with tempfile.TemporaryDirectory() as root:
         predictor = SlicePredictor(load_backend(model_id, checkpoint, device), EmbeddingCache(Path(root), 2**30))
         prepared = predictor.prepare(volume)

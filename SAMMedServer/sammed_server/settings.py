@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 
 def home_dir() -> Path:
@@ -19,6 +20,22 @@ def weights_dir() -> Path:
 
 def embedding_cache_dir() -> Path:
     return Path(os.environ.get("SAMMED_CACHE_DIR", home_dir() / "embeddings")).expanduser()
+
+
+def runtime_cache_dir() -> Path:
+    """Exported ONNX models for the ONNX Runtime and OpenVINO runtimes (``$SAMMED_RUNTIME_DIR``)."""
+    return Path(os.environ.get("SAMMED_RUNTIME_DIR", home_dir() / "runtimes")).expanduser()
+
+
+def runtime_choice() -> str:
+    """Inference runtime: ``auto`` (default), ``torch``, ``onnxruntime`` or ``openvino`` (``$SAMMED_RUNTIME``)."""
+    return os.environ.get("SAMMED_RUNTIME", "auto")
+
+
+def thread_budget() -> Optional[int]:
+    """CPU threads for inference (``$SAMMED_THREADS``; default None: the usable cores)."""
+    value = os.environ.get("SAMMED_THREADS")
+    return int(value) if value else None
 
 
 def memory_cache_bytes() -> int:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from .. import __version__
 from ..errors import SAMMedError
 from . import batch, demo, evaluate, segment, serve, train, weights
+from .common import runtime_environment
 
 COMMAND_GROUPS = (serve, segment, batch, train, evaluate, demo, weights)
 
@@ -32,6 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="sammed-server: %(levelname)s: %(message)s")
     try:
+        runtime_environment(args)
         return args.run(args) or 0
     except SAMMedError as exc:
         print(f"sammed-server: error: {exc.message}", file=sys.stderr)

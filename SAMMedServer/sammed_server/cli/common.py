@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Optional
 
 from tqdm import tqdm
 
+from ..engine.runtimes import RUNTIMES
 from ..errors import InputError
 
 #: `train <command>` → automatic model mode (``adapted.store.MODES``).
@@ -20,6 +22,21 @@ def model_options(parser: argparse.ArgumentParser, checkpoint: bool = True) -> N
         parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default: weights folder)")
         parser.add_argument("--window", default=None, help="abdomen|lung|bone|brain|mr|LEVEL,WIDTH (default: auto)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
+    parser.add_argument("--runtime", default=None, choices=("auto", *RUNTIMES),
+                        help="inference runtime (default $SAMMED_RUNTIME or auto: ONNX Runtime on the CPU, torch on CUDA)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default $SAMMED_THREADS or all usable cores; decode gets 1, encode the rest)")
+
+
+def runtime_environment(args: argparse.Namespace) -> None:
+    """Make ``--runtime`` / ``--threads`` the process default (``$SAMMED_RUNTIME`` / ``$SAMMED_THREADS``), so
+    every backend this command loads, and every worker it starts, uses them."""
+    if getattr(args, "runtime", None):
+        os.environ["SAMMED_RUNTIME"] = args.runtime
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        os.environ["SAMMED_THREADS"] = str(args.threads)
 
 
 def floats(count: int):

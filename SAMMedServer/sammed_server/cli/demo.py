@@ -30,6 +30,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--auto-steps", type=int, default=3, help="timed training steps per automatic model")
     bench.add_argument("--batch", action="store_true",
                        help="also time `batch` on Ray: cases/minute for 1 and 2 workers, read/infer/write split")
+    bench.add_argument("--runtimes", type=names, default=None,
+                       help="only the runtime table: e.g. onnxruntime,openvino against torch, interleaved in one run")
     model_options(bench)
     bench.set_defaults(run=_bench)
 
@@ -56,6 +58,13 @@ def _bench(args: argparse.Namespace) -> None:
 
     sample = find_sample(args.volume, args.reference)
     volume = sample.volume
+    if args.runtimes:
+        from ..runtime_bench import compare_runtimes, print_runtime_table
+
+        header, table = compare_runtimes(volume, sample.reference, args.runtimes, args.model, args.slices,
+                                         args.decodes, args.http)
+        print_runtime_table(header, table, f"sammed-server bench --runtimes ({args.model}, CPU): {volume.name}")
+        return
     rows = run_bench(volume, args.model, args.checkpoint, args.device, args.slices, args.decodes)
     if sample.reference is not None:
         from ..bench import prompt_training_bench

@@ -23,7 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     prompt.add_argument("--name", default=None, help="target name stored in the artefact (default: label_N)")
     prompt.add_argument("--prompt-type", default="point", choices=("point", "box", "composite"))
     prompt.add_argument("--scheme", default="center", choices=("uniform", "center", "boundary"))
-    prompt.add_argument("--iterations", type=int, default=40)
+    prompt.add_argument("--iterations", type=int, default=None, help="training steps (default 16)")
     model_options(prompt)
     prompt.set_defaults(run=_train_prompt_encoder)
     sapnet = train_kinds.add_parser("sapnet", help="SAM-auto: a SAP-Net from a few annotated slices (SAM^Med)")
@@ -80,7 +80,8 @@ def _train_prompt_encoder(args: argparse.Namespace) -> None:
 
     predictor = make_predictor(args)
     prepared, annotations = annotated_slices(args, predictor)
-    config = PromptTrainingConfig(prompt_type=args.prompt_type, scheme=args.scheme, iterations=args.iterations)
+    config = PromptTrainingConfig(prompt_type=args.prompt_type, scheme=args.scheme,
+                                  iterations=args.iterations or PromptTrainingConfig.iterations)
     bar, update = loss_bar("training prompt encoder", config.iterations)
     with bar:
         trained = train_prompt_encoder(predictor, prepared, args.axis, annotations, config, update)

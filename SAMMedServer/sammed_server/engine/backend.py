@@ -10,6 +10,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .runtimes import InferenceRuntime
+from .runtimes.torch_runtime import TorchRuntime
+
 IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 
@@ -27,7 +30,9 @@ class SamBackend:
 
     ``encode`` turns normalised ``(N, 3, S, S)`` inputs into ``(N, 256, E, E)`` fp16 embeddings on the
     CPU (where the cache keeps them); ``decode`` runs prompts on one embedding. Thread-safe for
-    inference; ``encoder_calls`` counts encoded slices (the cache tests assert on it).
+    inference; ``encoder_calls`` counts encoded slices (the cache tests assert on it). The torch modules stay
+    the model (training and adapted models use them); ``runtime`` runs the frozen encoder and mask decoder for
+    inference (torch by default, see :mod:`.runtimes`).
     """
 
     def __init__(
@@ -56,6 +61,8 @@ class SamBackend:
         self.embedding_size = int(self.prompt_encoder.image_embedding_size[0])
         self.mask_input_size = 4 * self.embedding_size
         self.encoder_calls = 0
+        self.runtime: InferenceRuntime = TorchRuntime(self.image_encoder, self.mask_decoder, device)
+        self._image_pe = self.prompt_encoder.get_dense_pe()  # constant: a buffer of the frozen prompt encoder
         self._counter_lock = threading.Lock()
 
     def normalize(self, resized01: torch.Tensor) -> torch.Tensor:
@@ -72,7 +79,7 @@ class SamBackend:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` → ``(N, 256, E, E)`` float16 embeddings on the CPU."""
         with self._autocast():
-            embeddings = self.image_encoder(images.to(self.device, torch.float32))
+            embeddings = self.runtime.encode(images.float())
         with self._counter_lock:
             self.encoder_calls += images.shape[0]
         return embeddings.to("cpu", torch.float16)
@@ -99,13 +106,10 @@ class SamBackend:
             boxes=None if box is None else box.view(1, 4).to(device, torch.float32),
             masks=None if mask_input is None else mask_input[None].to(device, torch.float32),
         )
-        logits, iou = self.mask_decoder(
-            image_embeddings=embedding[None].to(device, torch.float32),
-            image_pe=prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        image_pe = self._image_pe if prompt_encoder is self.prompt_encoder else prompt_encoder.get_dense_pe()
+        logits, iou = self.runtime.decode(embedding[None].to(device, torch.float32), image_pe, sparse, dense)
+        outputs = slice(1, None) if multimask else slice(0, 1)  # as MaskDecoder.forward picks them
+        logits, iou = logits[:, outputs], iou[:, outputs]
         return Decoded(logits[0].float().cpu(), iou[0].float().cpu())
 
     def _autocast(self) -> contextlib.AbstractContextManager:

@@ -11,9 +11,11 @@ from typing import Optional
 import torch
 
 from ..errors import CheckpointError, UnknownModelError
-from ..settings import weights_dir
+from ..settings import runtime_choice, thread_budget, weights_dir
 from .backend import SamBackend
 from .checkpoints import verify_checkpoint
+from .runtimes import build_runtime, choose_runtime
+from .runtimes.threads import ThreadPlan
 
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
@@ -65,7 +67,7 @@ REGISTRY: dict[str, ModelSpec] = {
     )
 }
 
-_loaded: dict[tuple[str, str, str], SamBackend] = {}
+_loaded: dict[tuple[str, str, str, str, Optional[int]], SamBackend] = {}
 _load_lock = threading.Lock()
 
 
@@ -91,16 +93,30 @@ def pick_device(requested: Optional[str] = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_backend(model_id: str = "litemedsam", checkpoint: Optional[Path] = None, device: Optional[str] = None) -> SamBackend:
-    """Build (once per process) the backend for ``model_id`` from a verified checkpoint."""
+def load_backend(
+    model_id: str = "litemedsam", checkpoint: Optional[Path] = None, device: Optional[str] = None,
+    runtime: Optional[str] = None, threads: Optional[int] = None,
+) -> SamBackend:
+    """Build (once per process) the backend for ``model_id`` from a verified checkpoint.
+
+    ``runtime``: ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (ONNX Runtime on the CPU when installed,
+    torch on CUDA); ``threads``: the CPU thread budget, see :class:`ThreadPlan`. None: ``$SAMMED_RUNTIME``
+    (default auto) and ``$SAMMED_THREADS`` (default: the usable cores).
+    """
     spec = get_spec(model_id)
     path = Path(checkpoint).expanduser() if checkpoint else default_checkpoint_path(spec)
     torch_device = pick_device(device)
-    key = (model_id, str(path), str(torch_device))
+    runtime_name = choose_runtime(runtime or runtime_choice(), torch_device)
+    threads = threads or thread_budget()
+    key = (model_id, str(path), str(torch_device), runtime_name, threads)
     with _load_lock:
         if key not in _loaded:
             sha256 = verify_checkpoint(path, spec.sha256, model_id)
-            _loaded[key] = _build(spec, path, sha256, torch_device)
+            backend = _build(spec, path, sha256, torch_device)
+            if threads and runtime_name == "torch":
+                torch.set_num_threads(threads)
+            backend.runtime = build_runtime(runtime_name, backend, ThreadPlan.for_threads(threads))
+            _loaded[key] = backend
         return _loaded[key]
 
 
