@@ -92,14 +92,14 @@ def test_health_over_http_needs_the_token(server):
 
 def test_oversized_bodies_get_413_and_the_server_keeps_serving(server):
     sock = raw_socket(server)  # declared too large: answered before any body is sent
-    sock.sendall(b"POST /v1/volumes/x/predict HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+    sock.sendall(b"POST /v1/volumes/x/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
                  + b"\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n")
     status, body = read_response(sock)
     sock.close()
     assert status == 413 and body["error"]["code"] == "payload_too_large"
 
     sock = raw_socket(server)  # chunked (no length): cut off while streaming
-    sock.sendall(b"POST /v1/volumes/x/predict HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+    sock.sendall(b"POST /v1/volumes/x/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
                  + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
     chunk = b" " * 2**20
     try:
@@ -128,14 +128,14 @@ def test_malformed_requests_over_http(server):
 
 def test_clients_that_disconnect_mid_request(server):
     sock = raw_socket(server)  # body cut short
-    sock.sendall(b"POST /v1/volumes/from-path HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+    sock.sendall(b"POST /v1/volumes/from-path HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
                  + b"\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"path\": \"/tm")
     sock.close()
 
     volume_id = synthetic_volume(server, seed=11)  # uncached slice: the server encodes it after we hang up
     sock = raw_socket(server)
     payload = json.dumps({"index": 1, "box": [5, 5, 30, 25]}).encode()
-    sock.sendall(b"POST /v1/volumes/" + volume_id.encode() + b"/predict HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+    sock.sendall(b"POST /v1/volumes/" + volume_id.encode() + b"/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
                  + TOKEN.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
     sock.close()
 

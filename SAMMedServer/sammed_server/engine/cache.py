@@ -177,8 +177,10 @@ class DiskBudget:
         self._counted = time.monotonic()
 
     def _folders(self) -> list[Path]:
+        """Store folders (those with a ``meta.json``; anything else under the root is left alone)."""
         try:
-            return [store for model in self.root.iterdir() if model.is_dir() for store in model.iterdir() if store.is_dir()]
+            return [store for model in self.root.iterdir() if model.is_dir()
+                    for store in model.iterdir() if (store / META_FILE).is_file()]
         except OSError:
             return []
 
