@@ -1,96 +1,15 @@
-"""The worker under faults: a real ``sammed-server serve`` process, the sample CT, and the reference mask that a
-healthy worker gives for one liver slice (every test asks for it again after its fault)."""
+"""Fixtures of the robustness suite: the main worker (sample CT registered), the reference mask that a healthy
+worker gives for one liver slice (every test asks for it again after its fault), a data folder and a tmpfs."""
 
 from __future__ import annotations
 
-import http.client
-import json
-import shutil
 import subprocess
-import urllib.parse
 from pathlib import Path
-from typing import Any, Optional
 
 import numpy as np
 import pytest
 
-from sammed_server.api.launch import ServerProcess
-
-LIVER_SLICE, LIVER_BOX = 24, [44.0, 27.0, 104.0, 81.0]  # largest liver slice of example_ct_sm (axis K)
-JSON = {"Content-Type": "application/json"}
-
-
-class Worker:
-    """A running worker and a small HTTP client for it (raw ``http.client``: the test controls every header)."""
-
-    def __init__(self, process: ServerProcess, ct_path: Path) -> None:
-        self.process = process
-        self.ct_path = ct_path
-        parts = urllib.parse.urlsplit(process.url)
-        self.host, self.port = parts.hostname, parts.port
-        self.ct_id = ""
-
-    def request(self, method: str, path: str, body: Any = None, headers: Optional[dict] = None,
-                timeout: float = 120) -> tuple[int, Any]:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
-        default = JSON if method == "POST" else {}
-        connection.request(method, path, body=data, headers={**default, **(headers or {})})
-        response = connection.getresponse()
-        raw = response.read()
-        connection.close()
-        try:
-            return response.status, json.loads(raw or b"null")
-        except ValueError:
-            return response.status, raw
-
-    def register_ct(self) -> str:
-        status, body = self.request("POST", "/v1/volumes/from-path", {"path": str(self.ct_path)})
-        assert status == 200, body
-        self.ct_id = body["id"]
-        return self.ct_id
-
-    def liver_mask(self, **extra: Any) -> np.ndarray:
-        """The predicted mask of the reference slice and box (registering the CT again if it was dropped)."""
-        status, body = self.request("POST", f"/v1/volumes/{self.ct_id or self.register_ct()}/predict",
-                                    {"index": LIVER_SLICE, "box": LIVER_BOX, **extra})
-        if status == 404:
-            self.register_ct()
-            status, body = self.request("POST", f"/v1/volumes/{self.ct_id}/predict", {"index": LIVER_SLICE, "box": LIVER_BOX})
-        assert status == 200, body
-        return decode_mask(body["masks"])
-
-    def alive(self) -> bool:
-        return self.process.process is not None and self.process.process.poll() is None
-
-    def output(self) -> str:
-        return "\n".join(self.process.output)
-
-    def pid(self) -> int:
-        assert self.process.process is not None
-        return self.process.process.pid
-
-
-def decode_mask(encoded: dict) -> np.ndarray:
-    import base64
-    import zlib
-
-    bits = np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(encoded["data"])), np.uint8))
-    return bits[: int(np.prod(encoded["shape"]))].astype(bool).reshape(encoded["shape"])
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A ``/proc/<pid>/status`` figure (VmRSS, VmHWM in KiB; Threads)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def start_worker(ct_path: Path, cache_dir: Path, args: tuple = (), env: Optional[dict] = None) -> tuple[ServerProcess, Worker]:
-    process = ServerProcess(list(args), env={"SAMMED_CACHE_DIR": str(cache_dir), **(env or {})})
-    process.start()
-    return process, Worker(process, ct_path)
+from harness import start_worker
 
 
 @pytest.fixture(scope="session")
@@ -135,24 +54,3 @@ def tmpfs(tmp_path):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def copy_liver_slice_store(shared_cache_dir: Path, ct_id: str, target_root: Path) -> Path:
-    """A private store of the CT along K holding only the liver slice (2 MiB; sparse before it), copied from the
-    shared cache where it is encoded already: a test may damage it."""
-    sources = [p for p in shared_cache_dir.glob(f"litemedsam-*/{ct_id}-K-*") if (p / "meta.json").exists()]
-    assert len(sources) == 1, f"expected one cached K store of {ct_id} in {shared_cache_dir}, found {sources}"
-    source = sources[0]
-    shape = json.loads((source / "meta.json").read_text())["shape"]
-    size = int(np.prod(shape[1:])) * 2
-    target = target_root / source.parent.name / source.name
-    target.mkdir(parents=True)
-    shutil.copy(source / "meta.json", target / "meta.json")
-    for name, offset, length in (("embeddings.f16", LIVER_SLICE * size, size), ("checksums.u64", LIVER_SLICE * 8, 8)):
-        with open(source / name, "rb") as src, open(target / name, "wb") as dst:
-            src.seek(offset)
-            dst.seek(offset)
-            chunk = src.read(length)
-            assert len(chunk) == length, f"the liver slice is not in the shared cache ({source / name})"
-            dst.write(chunk)
-    return target

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from conftest import proc_status
+from harness import proc_status
 
 
 def test_dns_rebinding_host_is_refused(worker, reference_mask):

@@ -22,6 +22,7 @@ from .schemas import EncodedArray
 FLOAT_DTYPES = ("float16", "float32")
 VOLUME_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 MAX_ARRAY_ELEMENTS = 2**28  # a mask or logits array in a JSON request
+INFLATE_PIECE = 4 * 2**20  # bytes inflated at a time from an upload
 
 
 def encode_mask(mask: np.ndarray) -> EncodedArray:
@@ -98,7 +99,9 @@ class VolumeInflater:
                 raise InputError("volume body: data after the end of the zlib stream")
             return
         try:
-            self._write(self._inflater.decompress(chunk, self.expected - self._filled + 1))
+            while chunk:  # in pieces of at most INFLATE_PIECE: a bomb chunk never becomes one big bytes object
+                self._write(self._inflater.decompress(chunk, min(self.expected - self._filled + 1, INFLATE_PIECE)))
+                chunk = self._inflater.unconsumed_tail
         except zlib.error as exc:
             raise InputError(f"volume body: not valid zlib data ({exc})") from None
         if self._inflater.unused_data:

@@ -88,6 +88,9 @@ def limited_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
 
         def _too_slow(self) -> None:
             self._read_timer = None
+            if self.flow.read_paused and self.conn.their_state is h11.SEND_BODY:
+                self._start_timer(limits.body_timeout_s)  # the app is not reading yet: not the client's fault
+                return
             if not self.transport.is_closing():
                 self.logger.info("closing a connection from %s: request not received in time", self._peer)
                 self.transport.close()

@@ -27,18 +27,21 @@ def checked_path(raw: str, roots: Sequence[Path], max_bytes: int) -> Path:
     if not path.is_absolute():
         raise InputError(f"give an absolute path, got {raw!r}")
     try:
-        real = path.resolve(strict=True)
+        real = path.resolve()
+        allowed = [root.resolve() for root in roots]
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise VolumeReadError(f"cannot resolve {raw} ({exc})") from None
+    if not any(real == root or root in real.parents for root in allowed):  # checked first: no existence oracle
+        raise InputError(
+            f"{raw} is outside the folders this worker reads from",
+            "move the data under one of them, or start the worker with --data-root FOLDER",
+        )
+    try:
         info = real.stat()
     except FileNotFoundError:
         raise VolumeReadError(f"no such file or folder: {raw}") from None
     except OSError as exc:
         raise VolumeReadError(f"cannot read {raw} ({exc.strerror})") from None
-    allowed = [root.resolve() for root in roots]
-    if not any(real == root or root in real.parents for root in allowed):
-        raise InputError(
-            f"{raw} is outside the folders this worker reads from",
-            "move the data under one of them, or start the worker with --data-root FOLDER",
-        )
     if stat.S_ISREG(info.st_mode):
         size = info.st_size
     elif stat.S_ISDIR(info.st_mode):

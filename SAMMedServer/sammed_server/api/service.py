@@ -32,6 +32,7 @@ from .state import UnknownVolumeError, WorkerState
 MAX_PREVIOUS = 256  # stored low-res logits for use_previous_mask
 READ_TIMEOUT_S = 120.0  # a from-path read that takes longer is abandoned (the request gets a clear error)
 READER_THREADS = 2
+DRAIN_BYTES = 64 * 2**20  # of a refused upload's body, read and dropped before answering; beyond it the connection closes
 
 __all__ = ["Service", "UnknownVolumeError", "outward_order"]
 
@@ -80,15 +81,22 @@ class Service(WorkerState):
     # volumes ------------------------------------------------------------------------------
     async def upload(self, chunks: AsyncIterator[bytes], meta: VolumeUpload) -> VolumeInfo:
         """A volume from a streamed body: its declared size is checked against the budget before any inflating."""
-        nbytes = codec.volume_bytes(meta.shape, meta.dtype)
-        with self.volumes.reserve(nbytes, f"a {'x'.join(map(str, meta.shape))} {meta.dtype} volume"):
-            inflater = codec.VolumeInflater(meta.shape, meta.dtype, meta.compression)
-            async for chunk in chunks:
-                await to_thread.run_sync(inflater.feed, chunk)
-            volume = await to_thread.run_sync(
-                volume_from_array, inflater.array(), meta.spacing, meta.origin, meta.direction
-            )
-            return self.volumes.add(volume, "upload")
+        body_read = False
+        try:
+            nbytes = codec.volume_bytes(meta.shape, meta.dtype)
+            with self.volumes.reserve(nbytes, f"a {'x'.join(map(str, meta.shape))} {meta.dtype} volume"):
+                inflater = codec.VolumeInflater(meta.shape, meta.dtype, meta.compression)
+                async for chunk in chunks:
+                    await to_thread.run_sync(inflater.feed, chunk)
+                body_read = True
+                volume = await to_thread.run_sync(
+                    volume_from_array, inflater.array(), meta.spacing, meta.origin, meta.direction
+                )
+                return self.volumes.add(volume, "upload")
+        except InputError:
+            if not body_read:
+                await _drain(chunks, DRAIN_BYTES)  # read (and drop) the rest, so the client gets the answer, not a reset
+            raise
 
     async def from_path(self, path: str) -> VolumeInfo:
         """A volume read from this machine's disk: only under the data roots, regular files, bounded size and
@@ -185,6 +193,14 @@ class Service(WorkerState):
     def close(self) -> None:
         super().close()
         self._readers.shutdown(wait=False, cancel_futures=True)
+
+
+async def _drain(chunks: AsyncIterator[bytes], limit: int) -> None:
+    drained = 0
+    async for chunk in chunks:
+        drained += len(chunk)
+        if drained > limit:
+            return
 
 
 def outward_order(slices: Iterable[int], center: int) -> list[int]:
