@@ -78,6 +78,24 @@ def test_refuses_a_public_address_without_token():
     )
     assert done.returncode == 2 and "refusing to listen on 0.0.0.0 without an API token" in done.stderr
     assert READY_MARKER not in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "sammed_server.cli", "serve", "--port", "0", "--allow-host", "*"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and "--allow-host '*' needs a token" in done.stderr
+
+
+def test_token_auto_is_announced_on_the_ready_line(shared_cache_dir):
+    with ServerProcess(["--token", "auto"], env={"SAMMED_CACHE_DIR": str(shared_cache_dir)}) as process:
+        assert len(process.token) >= 24 and process.token != "auto"
+        assert f"token={process.token}" in "\n".join(process.output)
+        url = urllib.parse.urlsplit(process.url)
+        for headers, expected in (({}, 401), ({"Authorization": "Bearer auto"}, 401),
+                                  ({"Authorization": f"Bearer {process.token}"}, 200)):
+            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+            connection.request("GET", "/v1/health", headers=headers)
+            assert connection.getresponse().status == expected
+            connection.close()
 
 
 def test_health_over_http_needs_the_token(server):

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator, Iterable, Optional, Sequence
+from typing import Any, AsyncIterator, Iterable, Optional, Sequence
 
 import numpy as np
 from anyio import to_thread
@@ -27,33 +27,22 @@ from .jobs import Job, JobContext
 from .paths import checked_path
 from .protocol import PROTOCOL_VERSION, SERVICE_NAME
 from .schemas import EmbedRequest, Health, ModelInfo, PredictRequest, PredictResponse, VolumeInfo, VolumeUpload
-from .state import UnknownVolumeError, WorkerState
+from .state import WorkerState
 
 MAX_PREVIOUS = 256  # stored low-res logits for use_previous_mask
 READ_TIMEOUT_S = 120.0  # a from-path read that takes longer is abandoned (the request gets a clear error)
 READER_THREADS = 2
 DRAIN_BYTES = 64 * 2**20  # of a refused upload's body, read and dropped before answering; beyond it the connection closes
 
-__all__ = ["Service", "UnknownVolumeError", "outward_order"]
-
-
 class ReadTimeoutError(InputError):
     code = "read_timeout"
 
 
 class Service(WorkerState):
-    def __init__(
-        self,
-        model: str = "litemedsam",
-        device: Optional[str] = None,
-        cache_dir: Optional[Path] = None,
-        memory_bytes: Optional[int] = None,
-        job_workers: int = 1,
-        volume_bytes: Optional[int] = None,
-        roots: Optional[Sequence[Path]] = None,
-        read_timeout_s: float = READ_TIMEOUT_S,
-    ) -> None:
-        super().__init__(model, device, cache_dir, memory_bytes, job_workers, volume_bytes)
+    def __init__(self, roots: Optional[Sequence[Path]] = None, read_timeout_s: float = READ_TIMEOUT_S, **state: Any) -> None:
+        """``roots``: folders ``from-path`` may read (default :func:`settings.data_roots`); ``state``: the options
+        of :class:`WorkerState` (model, device, cache_dir, memory_bytes, job_workers, volume_bytes)."""
+        super().__init__(**state)
         self.data_roots = list(roots) if roots is not None else data_roots()
         self.read_timeout_s = read_timeout_s
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="volume-reader")
