@@ -89,7 +89,7 @@ def test_upload_is_identified_by_content(api, ct):
     assert api.get(f"/v1/volumes/{info['id']}").json()["spacing"] == list(ct.spacing)
 
 
-def test_upload_errors_name_the_problem(api):
+def test_upload_errors_name_the_problem(api, ct_path):
     array = synthetic(0)
     octets = {"Content-Type": "application/octet-stream"}
     bad_header = api.post("/v1/volumes", content=b"x", headers={**octets, VOLUME_HEADER: json.dumps({"shape": [1, 2], "dtype": "int16", "spacing": [1, 1, 1]})})
@@ -106,8 +106,10 @@ def test_upload_errors_name_the_problem(api):
     assert_error(bad_spacing, 400, "invalid_input", "spacing")
     nan = upload(api, np.full((2, 3, 3), np.nan, np.float32))
     assert_error(nan, 400, "invalid_input", "NaN")
-    unreadable = api.post("/v1/volumes/from-path", json={"path": "/no/such/file.nii.gz"})
+    unreadable = api.post("/v1/volumes/from-path", json={"path": str(ct_path.parent / "no-such-file.nii.gz")})
     assert_error(unreadable, 400, "volume_unreadable", "no such file")
+    outside = api.post("/v1/volumes/from-path", json={"path": "/no/such/file.nii.gz"})
+    assert_error(outside, 400, "invalid_input", "outside the folders")
 
 
 def test_predict_matches_the_engine(api, ct_id, ct, predictor):

@@ -28,11 +28,24 @@ from .schemas import ErrorBody, ErrorResponse
 
 LOOPBACK_NAMES = ("localhost",)
 UPLOAD_PATH = f"{API_PREFIX}/volumes"
+DRAIN_BYTES = 16 * 2**20  # of a refused request's body, read and dropped so the client sees the answer, not a reset
 
 
 def error_response(status: int, code: str, message: str, hint: str = "", field: Optional[str] = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(code=code, message=message, hint=hint, field=field))
     return JSONResponse(body.model_dump(), status_code=status)
+
+
+async def refuse(response: JSONResponse, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer ``response`` after reading (at most ``DRAIN_BYTES`` of) the unread body: closing a connection with
+    unread data makes the client's send fail before it can read the answer."""
+    drained = 0
+    while drained <= DRAIN_BYTES:
+        message = await receive()
+        drained += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body"):
+            break
+    await response(scope, receive, send)
 
 
 class HostCheck:
@@ -66,7 +79,7 @@ class HostCheck:
                 refusal = ("forbidden_origin", "cross-origin requests are refused",
                            "call the worker from a program, not from a web page")
             if refusal:
-                await error_response(403, *refusal)(scope, receive, send)
+                await refuse(error_response(403, *refusal), scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -95,7 +108,8 @@ class ContentTypeCheck:
             given = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
             if given != expected:
                 message = f"POST {scope['path']} needs Content-Type: {expected}" + (f", got {given!r}" if given else "")
-                await error_response(415, "unsupported_media_type", message, f"send Content-Type: {expected}")(scope, receive, send)
+                await refuse(error_response(415, "unsupported_media_type", message, f"send Content-Type: {expected}"),
+                             scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -113,7 +127,7 @@ class TokenCheck:
             if not hmac.compare_digest(given, self.expected):
                 reason = "a wrong API token" if given else "no API token"
                 response = error_response(401, "unauthorized", f"request with {reason}", "send Authorization: Bearer <token>")
-                await response(scope, receive, send)
+                await refuse(response, scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
