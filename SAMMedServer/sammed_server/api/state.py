@@ -22,9 +22,7 @@ from ..engine.registry import get_spec, load_backend, pick_device
 from ..engine.scheduler import DeviceQueue
 from ..engine.volume import Volume
 from ..errors import InputError, SAMMedError
-from ..settings import (
-    cache_max_bytes, cache_min_free_bytes, embedding_cache_dir, memory_cache_bytes, volume_memory_bytes,
-)
+from ..settings import volume_memory_bytes
 from .jobs import JobManager
 from .schemas import VolumeInfo
 
@@ -178,10 +176,7 @@ class WorkerState:
     ) -> None:
         self.default_model = get_spec(model).model_id
         self.device = str(pick_device(device))
-        self.cache = EmbeddingCache(
-            Path(cache_dir or embedding_cache_dir()), memory_bytes or memory_cache_bytes(),
-            disk_bytes=cache_max_bytes(), min_free_bytes=cache_min_free_bytes(),
-        )
+        self.cache = EmbeddingCache.from_settings(cache_dir, memory_bytes)
         self.queue = DeviceQueue()
         self.jobs = JobManager(job_workers)
         self.volumes = HeldVolumes(volume_bytes or volume_memory_bytes())

@@ -203,6 +203,14 @@ class EmbeddingCache:
         self._too_big_warned: set[StoreKey] = set()
         self._lock = threading.RLock()
 
+    @classmethod
+    def from_settings(cls, root: Optional[Path] = None, memory_bytes: Optional[int] = None) -> "EmbeddingCache":
+        """The cache the settings describe: folder, memory budget, disk budget and free-space floor."""
+        from ..settings import cache_max_bytes, cache_min_free_bytes, embedding_cache_dir, memory_cache_bytes
+
+        return cls(Path(root or embedding_cache_dir()), memory_bytes or memory_cache_bytes(),
+                   disk_bytes=cache_max_bytes(), min_free_bytes=cache_min_free_bytes())
+
     def get(
         self, key: StoreKey, index: int, num_slices: int, slice_shape: tuple[int, ...], count_miss: bool = True
     ) -> Optional[torch.Tensor]:
