@@ -91,22 +91,28 @@ def start_worker(ct_path: Path, cache_dir: Path, args: tuple = (), env: Optional
     return process, Worker(process, ct_path)
 
 
-def copy_liver_slice_store(shared_cache_dir: Path, ct_id: str, target_root: Path) -> Path:
-    """A private store of the CT along K holding only the liver slice (2 MiB; sparse before it), copied from the
-    shared cache where it is encoded already: a test may damage it."""
+def copy_liver_slice_stores(shared_cache_dir: Path, ct_id: str, target_root: Path) -> list[Path]:
+    """Private copies of the CT's K stores (one per window used so far) holding only the liver slice (2 MiB each;
+    sparse before it), from the shared cache where it is encoded already: a test may damage them."""
     sources = [p for p in shared_cache_dir.glob(f"litemedsam-{'?' * 12}/{ct_id}-K-*") if (p / "meta.json").exists()]
-    assert len(sources) == 1, f"expected one cached K store of {ct_id} in {shared_cache_dir}, found {sources}"
-    source = sources[0]
-    shape = json.loads((source / "meta.json").read_text())["shape"]
-    size = int(np.prod(shape[1:])) * 2
-    target = target_root / source.parent.name / source.name
-    target.mkdir(parents=True)
-    shutil.copy(source / "meta.json", target / "meta.json")
-    for name, offset, length in (("embeddings.f16", LIVER_SLICE * size, size), ("checksums.u64", LIVER_SLICE * 8, 8)):
-        with open(source / name, "rb") as src, open(target / name, "wb") as dst:
-            src.seek(offset)
-            dst.seek(offset)
-            chunk = src.read(length)
-            assert len(chunk) == length, f"the liver slice is not in the shared cache ({source / name})"
-            dst.write(chunk)
-    return target
+    copies = []
+    for source in sources:
+        shape = json.loads((source / "meta.json").read_text())["shape"]
+        size = int(np.prod(shape[1:])) * 2
+        chunks = {}
+        for name, offset, length in (("embeddings.f16", LIVER_SLICE * size, size), ("checksums.u64", LIVER_SLICE * 8, 8)):
+            with open(source / name, "rb") as src:
+                src.seek(offset)
+                chunks[name] = (offset, src.read(length))
+        if any(len(chunk) != length for (_, chunk), length in zip(chunks.values(), (size, 8))):
+            continue  # this window's store lacks the liver slice
+        target = target_root / source.parent.name / source.name
+        target.mkdir(parents=True)
+        shutil.copy(source / "meta.json", target / "meta.json")
+        for name, (offset, chunk) in chunks.items():
+            with open(target / name, "wb") as dst:
+                dst.seek(offset)
+                dst.write(chunk)
+        copies.append(target)
+    assert copies, f"the liver slice of {ct_id} is not in the shared cache {shared_cache_dir}"
+    return copies

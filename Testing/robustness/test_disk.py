@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from harness import LIVER_SLICE, copy_liver_slice_store, start_worker
+from harness import LIVER_SLICE, copy_liver_slice_stores, start_worker
 
 MEMORY_ONLY = "keeping embeddings in memory only"
 
@@ -38,16 +38,17 @@ def test_full_disk_keeps_serving_from_memory(ct_path, tmpfs, reference_mask):
 
 def test_cache_file_truncated_under_a_running_worker(ct_path, shared_cache_dir, worker, tmp_path, reference_mask):
     """Every predict reads the disk (no memory cache) while another process truncates the file (was: SIGBUS)."""
-    store = copy_liver_slice_store(shared_cache_dir, worker.ct_id, tmp_path / "cache")
+    stores = copy_liver_slice_stores(shared_cache_dir, worker.ct_id, tmp_path / "cache")
     process, private = start_worker(ct_path, tmp_path / "cache", env={"SAMMED_MEMORY_CACHE_MB": "0"})
     stop = threading.Event()
 
     def truncate_repeatedly() -> None:
         while not stop.is_set():
-            try:
-                os.truncate(store / "embeddings.f16", 0)
-            except OSError:
-                pass
+            for store in stores:
+                try:
+                    os.truncate(store / "embeddings.f16", 0)
+                except OSError:
+                    pass
             time.sleep(0.05)
 
     try:
@@ -71,7 +72,8 @@ def test_cache_file_truncated_under_a_running_worker(ct_path, shared_cache_dir, 
 
 def test_read_only_cache_folder(ct_path, shared_cache_dir, worker, tmpfs, reference_mask):
     """A cache on a read-only mount: cached slices are read, new ones computed and kept in memory (was: 500)."""
-    copy_liver_slice_store(shared_cache_dir, worker.ct_id, tmpfs)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tmpfs)], check=True)  # room for a store per window
+    copy_liver_slice_stores(shared_cache_dir, worker.ct_id, tmpfs)
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     process, private = start_worker(ct_path, tmpfs)
     try:
