@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/co
 SAMMED_DATA_DIR ?= ../shared/data
 export SAMMED_DATA_DIR
 
-.PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench bench-models bench-slicer clean
+.PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench bench-models bench-slicer fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -61,6 +61,11 @@ test-view: venv venv-view
 	VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow $(VIEW_VENV)/bin/python -m pytest Testing/view
 
 test: test-server test-slicer test-view
+
+# The worker under 10,000 fuzzed requests (every route; 0 5xx, RSS within +10 %); figures in out/fuzz.json.
+# `make test` runs the same test with 400 requests. Protocol: docs/robustness.md.
+fuzz: venv
+	SAMMED_FUZZ_REQUESTS=10000 SAMMED_FUZZ_REPORT=out/fuzz.json $(VENV)/bin/python -m pytest Testing/robustness/test_fuzz.py -q -s
 
 # One table: each runtime against torch, interleaved in one run (encoder, decode p50/p95, HTTP, peak RSS).
 bench: venv

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .engine.checkpoints import download, sha256_file
 from .errors import DownloadError, InputError
-from .settings import home_dir
+from .settings import data_dir, home_dir
 
 TOTALSEG_URL = "https://github.com/wasserth/TotalSegmentator/raw/master/tests/reference_files/"
 # TotalSegmentator test reference files (Apache-2.0): file name → sha256.
@@ -26,11 +25,6 @@ class Sample:
     volume: Path
     reference: Optional[Path]
     origin: str
-
-
-def data_dir() -> Path:
-    """The shared test-data folder: ``$SAMMED_DATA_DIR``, default ``../shared/data`` (from the repository root)."""
-    return Path(os.environ.get("SAMMED_DATA_DIR", "../shared/data")).expanduser()
 
 
 def find_sample(volume: Optional[Path] = None, reference: Optional[Path] = None) -> Sample:

@@ -41,3 +41,41 @@ def thread_budget() -> Optional[int]:
 def memory_cache_bytes() -> int:
     """In-memory embedding budget (default 2 GiB, ``$SAMMED_MEMORY_CACHE_MB``)."""
     return int(float(os.environ.get("SAMMED_MEMORY_CACHE_MB", 2048)) * 2**20)
+
+
+def data_dir() -> Path:
+    """The shared test-data folder: ``$SAMMED_DATA_DIR``, default ``../shared/data`` (from the repository root)."""
+    return Path(os.environ.get("SAMMED_DATA_DIR", "../shared/data")).expanduser()
+
+
+def cache_max_bytes() -> int | None:
+    """Disk budget of the embedding cache (``$SAMMED_CACHE_MAX_GB``, default 20 GB; 0 or ``none`` = unbounded)."""
+    raw = os.environ.get("SAMMED_CACHE_MAX_GB", "20").strip().lower()
+    return None if raw in ("", "0", "none") else int(float(raw) * 1e9)
+
+
+def cache_min_free_bytes() -> int:
+    """Free space the embedding cache leaves on its disk (``$SAMMED_CACHE_MIN_FREE_MB``, default 256)."""
+    return int(float(os.environ.get("SAMMED_CACHE_MIN_FREE_MB", 256)) * 2**20)
+
+
+def volume_memory_bytes() -> int:
+    """Memory for held volumes (``$SAMMED_VOLUME_MEMORY_MB``; default a quarter of the machine's memory, ≥ 1 GiB).
+
+    One volume must fit in it; older volumes are dropped to make room. It is also the ceiling for a file read
+    with ``from-path`` and for the declared size of an upload, checked before anything is inflated."""
+    if os.environ.get("SAMMED_VOLUME_MEMORY_MB"):
+        return int(float(os.environ["SAMMED_VOLUME_MEMORY_MB"]) * 2**20)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 * 2**30
+    return max(2**30, physical // 4)
+
+
+def data_roots() -> list[Path]:
+    """Folders ``from-path`` may read: the user's home, the data directory (``$SAMMED_DATA_DIR``, default
+    ``../shared/data``) and the ``os.pathsep``-separated folders of ``$SAMMED_DATA_ROOTS``."""
+    roots = [Path.home(), data_dir()]
+    roots += [Path(p) for p in os.environ.get("SAMMED_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
+    return [root.expanduser() for root in roots]

@@ -30,7 +30,7 @@ def service(shared_cache_dir):
 
 @pytest.fixture(scope="module")
 def api(service):
-    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+    with TestClient(create_app(service), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
 
 
@@ -89,13 +89,14 @@ def test_upload_is_identified_by_content(api, ct):
     assert api.get(f"/v1/volumes/{info['id']}").json()["spacing"] == list(ct.spacing)
 
 
-def test_upload_errors_name_the_problem(api):
+def test_upload_errors_name_the_problem(api, ct_path):
     array = synthetic(0)
-    bad_header = api.post("/v1/volumes", content=b"x", headers={VOLUME_HEADER: json.dumps({"shape": [1, 2], "dtype": "int16", "spacing": [1, 1, 1]})})
+    octets = {"Content-Type": "application/octet-stream"}
+    bad_header = api.post("/v1/volumes", content=b"x", headers={**octets, VOLUME_HEADER: json.dumps({"shape": [1, 2], "dtype": "int16", "spacing": [1, 1, 1]})})
     assert assert_error(bad_header, 422, "validation_error", "shape")["field"] == f"{VOLUME_HEADER}.shape.2"
-    not_json = api.post("/v1/volumes", content=b"x", headers={VOLUME_HEADER: "{"})
+    not_json = api.post("/v1/volumes", content=b"x", headers={**octets, VOLUME_HEADER: "{"})
     assert_error(not_json, 400, "invalid_json", VOLUME_HEADER)
-    missing = api.post("/v1/volumes", content=b"x")
+    missing = api.post("/v1/volumes", content=b"x", headers=octets)
     assert_error(missing, 422, "validation_error", VOLUME_HEADER)
     absurd = upload(api, array, shape=[70000, 40, 48])
     assert assert_error(absurd, 422, "validation_error")["field"] == f"{VOLUME_HEADER}.shape.0"
@@ -105,8 +106,10 @@ def test_upload_errors_name_the_problem(api):
     assert_error(bad_spacing, 400, "invalid_input", "spacing")
     nan = upload(api, np.full((2, 3, 3), np.nan, np.float32))
     assert_error(nan, 400, "invalid_input", "NaN")
-    unreadable = api.post("/v1/volumes/from-path", json={"path": "/no/such/file.nii.gz"})
+    unreadable = api.post("/v1/volumes/from-path", json={"path": str(ct_path.parent / "no-such-file.nii.gz")})
     assert_error(unreadable, 400, "volume_unreadable", "no such file")
+    outside = api.post("/v1/volumes/from-path", json={"path": "/no/such/file.nii.gz"})
+    assert_error(outside, 400, "invalid_input", "outside the folders")
 
 
 def test_predict_matches_the_engine(api, ct_id, ct, predictor):
@@ -187,7 +190,7 @@ def test_malformed_and_unknown_requests_get_the_error_model(api, ct_id):
     assert_error(api.post("/v1/volumes/0123abcd/predict", json={"index": 3, "box": [0, 0, 5, 5]}), 404, "unknown_volume", "0123abcd")
     assert_error(api.get("/v1/volumes/0123abcd"), 404, "unknown_volume")
     assert_error(api.get("/v1/jobs/nope"), 404, "unknown_job")
-    assert_error(api.post("/v1/jobs/nope/cancel"), 404, "unknown_job")
+    assert_error(api.post("/v1/jobs/nope/cancel", headers={"Content-Type": "application/json"}), 404, "unknown_job")
     assert_error(api.get("/v1/nothing-here"), 404, "not_found")
     assert_error(api.delete("/v1/health"), 405, "method_not_allowed")
     assert api.get("/v1/health").status_code == 200
@@ -201,7 +204,7 @@ def test_internal_errors_are_reported_and_the_app_keeps_serving(api, service, mo
 
 def test_body_limits_answer_413(service):
     small = create_app(service, max_request_bytes=2000, max_upload_bytes=5000)
-    with TestClient(small, raise_server_exceptions=False) as api:
+    with TestClient(small, base_url="http://127.0.0.1", raise_server_exceptions=False) as api:
         points = [[1.0, 1.0]] * 200
         huge = api.post("/v1/volumes/abc/predict", json={"index": 0, "points": points, "labels": [1] * 200})
         assert_error(huge, 413, "payload_too_large", "2000")
@@ -214,7 +217,7 @@ def test_body_limits_answer_413(service):
 
 
 def test_token_is_required_and_compared(service):
-    with TestClient(create_app(service, token="s3cret"), raise_server_exceptions=False) as api:
+    with TestClient(create_app(service, token="s3cret"), base_url="http://127.0.0.1", raise_server_exceptions=False) as api:
         assert_error(api.get("/v1/health"), 401, "unauthorized", "no API token")
         assert_error(api.get("/v1/health", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized", "wrong")
         assert_error(api.post("/v1/volumes", content=b"x" * 10, headers={"Authorization": "s3cret"}), 401, "unauthorized")
@@ -248,10 +251,10 @@ def test_cancelled_embed_job_ends_cancelled(api):
     volume_id = upload(api, synthetic(2, shape=(6, 40, 48))).json()["id"]
     job = api.post(f"/v1/volumes/{volume_id}/embed", json={"axis": 2, "focus": 5}).json()
     assert api.post(f"/v1/jobs/{job['id']}/focus", json={"index": 1}).status_code == 200
-    api.post(f"/v1/jobs/{job['id']}/cancel")
+    api.post(f"/v1/jobs/{job['id']}/cancel", headers={"Content-Type": "application/json"})
     status = wait_job(api, job["id"])
     assert status["state"] == "cancelled" and status["error"]["code"] == "cancelled" and status["result"] is None
-    assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["state"] == "cancelled"  # cancelling again is harmless
+    assert api.post(f"/v1/jobs/{job['id']}/cancel", headers={"Content-Type": "application/json"}).json()["state"] == "cancelled"  # cancelling again is harmless
     assert_error(api.post(f"/v1/jobs/{job['id']}/focus", json={"index": -2}), 422, "validation_error", "index")
     assert api.get("/v1/health").status_code == 200
 

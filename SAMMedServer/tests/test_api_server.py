@@ -78,6 +78,24 @@ def test_refuses_a_public_address_without_token():
     )
     assert done.returncode == 2 and "refusing to listen on 0.0.0.0 without an API token" in done.stderr
     assert READY_MARKER not in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "sammed_server.cli", "serve", "--port", "0", "--allow-host", "*"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and "--allow-host '*' needs a token" in done.stderr
+
+
+def test_token_auto_is_announced_on_the_ready_line(shared_cache_dir):
+    with ServerProcess(["--token", "auto"], env={"SAMMED_CACHE_DIR": str(shared_cache_dir)}) as process:
+        assert len(process.token) >= 24 and process.token != "auto"
+        assert f"token={process.token}" in "\n".join(process.output)
+        url = urllib.parse.urlsplit(process.url)
+        for headers, expected in (({}, 401), ({"Authorization": "Bearer auto"}, 401),
+                                  ({"Authorization": f"Bearer {process.token}"}, 200)):
+            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+            connection.request("GET", "/v1/health", headers=headers)
+            assert connection.getresponse().status == expected
+            connection.close()
 
 
 def test_health_over_http_needs_the_token(server):
@@ -92,14 +110,14 @@ def test_health_over_http_needs_the_token(server):
 
 def test_oversized_bodies_get_413_and_the_server_keeps_serving(server):
     sock = raw_socket(server)  # declared too large: answered before any body is sent
-    sock.sendall(b"POST /v1/volumes/x/predict HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+    sock.sendall(b"POST /v1/volumes/x/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
                  + b"\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n")
     status, body = read_response(sock)
     sock.close()
     assert status == 413 and body["error"]["code"] == "payload_too_large"
 
     sock = raw_socket(server)  # chunked (no length): cut off while streaming
-    sock.sendall(b"POST /v1/volumes/x/predict HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+    sock.sendall(b"POST /v1/volumes/x/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
                  + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
     chunk = b" " * 2**20
     try:
@@ -128,14 +146,14 @@ def test_malformed_requests_over_http(server):
 
 def test_clients_that_disconnect_mid_request(server):
     sock = raw_socket(server)  # body cut short
-    sock.sendall(b"POST /v1/volumes/from-path HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+    sock.sendall(b"POST /v1/volumes/from-path HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode()
                  + b"\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"path\": \"/tm")
     sock.close()
 
     volume_id = synthetic_volume(server, seed=11)  # uncached slice: the server encodes it after we hang up
     sock = raw_socket(server)
     payload = json.dumps({"index": 1, "box": [5, 5, 30, 25]}).encode()
-    sock.sendall(b"POST /v1/volumes/" + volume_id.encode() + b"/predict HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+    sock.sendall(b"POST /v1/volumes/" + volume_id.encode() + b"/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
                  + TOKEN.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
     sock.close()
 

@@ -24,7 +24,7 @@ def api(shared_cache_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SAMMED_HOME", str(home))
         service = Service(cache_dir=shared_cache_dir)
-        with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        with TestClient(create_app(service), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
             yield client
         service.close()
 

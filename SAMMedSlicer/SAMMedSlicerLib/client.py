@@ -562,6 +562,8 @@ class SAMMedClient:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"
+        elif method == "POST":
+            headers.setdefault("Content-Type", "application/json")  # the worker refuses POSTs without one
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         status, raw = self._send(method, API_PREFIX + path, body, headers, timeout or self.timeout, idempotent)

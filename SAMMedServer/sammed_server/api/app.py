@@ -1,32 +1,32 @@
-"""The FastAPI application: routes under ``/v1``, token check, body limits and one error model."""
+"""The FastAPI application: routes under ``/v1``, the guards of :mod:`.guards` and one error model."""
 
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from fastapi import APIRouter, FastAPI, Header, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..artefacts import UnknownArtefactError
 from ..errors import CancelledError, CheckpointError, DownloadError, InputError, SAMMedError, UnknownModelError
 from .jobs import UnknownJobError
 from . import workflows
+from .guards import BodyLimit, ContentTypeCheck, HostCheck, TokenCheck, error_response
 from .protocol import API_PREFIX, VOLUME_HEADER
 from .schemas import (
-    ArtefactInfo, AutoSegmentRequest, EmbedRequest, ErrorBody, ErrorResponse, FocusRequest, Health, JobStatus,
+    ArtefactInfo, AutoSegmentRequest, EmbedRequest, ErrorResponse, FocusRequest, Health, JobStatus,
     ModelInfo, PredictRequest, PredictResponse, PropagateRequest, TrainRequest, VolumeFromPath, VolumeInfo,
     VolumeUpload,
 )
-from .service import Service, UnknownVolumeError
+from .service import Service
+from .state import TooLargeError, UnknownVolumeError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ MAX_REQUEST_BYTES = 16 * 2**20  # any JSON request
 MAX_UPLOAD_BYTES = 2 * 2**30  # a compressed volume upload
 
 STATUS_OF_ERROR: dict[type, int] = {
+    TooLargeError: 413,
     InputError: 400,
     UnknownModelError: 404,
     UnknownVolumeError: 404,
@@ -45,14 +46,9 @@ STATUS_OF_ERROR: dict[type, int] = {
 }
 CODE_OF_STATUS = {
     400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-    413: "payload_too_large",
+    413: "payload_too_large", 415: "unsupported_media_type",
 }
 ERROR_RESPONSES: dict[str, dict[str, Any]] = {"4XX": {"model": ErrorResponse}, "5XX": {"model": ErrorResponse}}
-
-
-def error_response(status: int, code: str, message: str, hint: str = "", field: Optional[str] = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(code=code, message=message, hint=hint, field=field))
-    return JSONResponse(body.model_dump(), status_code=status)
 
 
 def create_app(
@@ -60,8 +56,13 @@ def create_app(
     token: Optional[str] = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    allowed_hosts: Iterable[str] = (),
+    any_ip: bool = False,
 ) -> FastAPI:
-    """The worker's ASGI app around ``service``; with ``token`` every request needs ``Authorization: Bearer <token>``."""
+    """The worker's ASGI app around ``service``; with ``token`` every request needs ``Authorization: Bearer <token>``.
+
+    ``Host`` must be a loopback name or address, one of ``allowed_hosts`` (``*``: any), or with ``any_ip`` any IP
+    literal (see :mod:`.guards`)."""
     app = FastAPI(
         title="SAMMed worker", version=__version__, responses=ERROR_RESPONSES,
         description="Segment Anything for CT/MR annotation: volumes in once, prompts in, bit-packed masks out.",
@@ -70,8 +71,10 @@ def create_app(
     app.include_router(_routes(service, health), prefix=API_PREFIX)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, default_limit=max_request_bytes, upload_limit=max_upload_bytes)
+    app.add_middleware(ContentTypeCheck)
     if token is not None:
-        app.add_middleware(TokenCheck, token=token)  # added last = runs first: no body is read for a stranger
+        app.add_middleware(TokenCheck, token=token)
+    app.add_middleware(HostCheck, allowed_hosts=allowed_hosts, any_ip=any_ip)  # added last = runs first
     return app
 
 
@@ -99,16 +102,16 @@ def _routes(service: Service, health_fn: Callable[[], Health]) -> APIRouter:
             raise RequestValidationError(
                 [{**e, "loc": ("header", VOLUME_HEADER, *e["loc"])} for e in exc.errors(include_url=False)]
             ) from None
-        body = await request.body()
-        return await run_in_threadpool(service.upload, body, meta)
+        return await service.upload(request.stream(), meta)
 
     @router.post("/volumes/from-path", response_model=VolumeInfo)
-    def volume_from_path(request: VolumeFromPath) -> VolumeInfo:
-        return service.from_path(request.path)
+    async def volume_from_path(request: VolumeFromPath) -> VolumeInfo:
+        """Read a volume from the worker's disk: a file or DICOM folder under one of its data roots."""
+        return await service.from_path(request.path)
 
     @router.get("/volumes", response_model=list[VolumeInfo])
     def volumes() -> list[VolumeInfo]:
-        return service.volumes()
+        return service.list_volumes()
 
     @router.get("/volumes/{volume_id}", response_model=VolumeInfo)
     def volume(volume_id: str) -> VolumeInfo:
@@ -189,58 +192,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, CODE_OF_STATUS.get(exc.status_code, "http_error"), str(exc.detail))
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        return error_response(400, "client_disconnected", "the client hung up before sending the whole request")
+
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}", "see the server log")
-
-
-class TokenCheck:
-    """Refuses (401) any request whose ``Authorization: Bearer`` token differs (constant-time compare)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                reason = "a wrong API token" if given else "no API token"
-                response = error_response(401, "unauthorized", f"request with {reason}", "send Authorization: Bearer <token>")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class BodyLimit:
-    """413 for bodies over the limit: at once from Content-Length, else while the body streams in."""
-
-    def __init__(self, app: ASGIApp, default_limit: int, upload_limit: int) -> None:
-        self.app = app
-        self.default_limit = default_limit
-        self.upload_limit = upload_limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        is_upload = scope["method"] == "POST" and scope["path"].rstrip("/") == f"{API_PREFIX}/volumes"
-        limit = self.upload_limit if is_upload else self.default_limit
-        message = f"the request body is larger than this server accepts ({limit} bytes)"
-        hint = "raise the server's upload limit or send a smaller volume" if is_upload else "send a smaller request"
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > limit:
-            await error_response(413, "payload_too_large", message, hint)(scope, receive, send)
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            incoming = await receive()
-            received += len(incoming.get("body", b""))
-            if received > limit:
-                raise HTTPException(413, message)
-            return incoming
-
-        await self.app(scope, counting_receive, send)

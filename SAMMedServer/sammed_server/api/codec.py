@@ -12,7 +12,7 @@ import base64
 import binascii
 import math
 import zlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from .schemas import EncodedArray
 FLOAT_DTYPES = ("float16", "float32")
 VOLUME_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 MAX_ARRAY_ELEMENTS = 2**28  # a mask or logits array in a JSON request
+INFLATE_PIECE = 4 * 2**20  # bytes inflated at a time from an upload
 
 
 def encode_mask(mask: np.ndarray) -> EncodedArray:
@@ -35,11 +36,23 @@ def encode_float(array: np.ndarray, dtype: str = "float16") -> EncodedArray:
     return EncodedArray(shape=list(array.shape), dtype=dtype, data=base64.b64encode(zlib.compress(raw)).decode())
 
 
-def decode_array(encoded: EncodedArray, field: str = "array") -> np.ndarray:
-    """The inverse of :func:`encode_mask` / :func:`encode_float`; errors name ``field``."""
+def decode_array(
+    encoded: EncodedArray, field: str = "array", shape: Optional[Sequence[Optional[int]]] = None,
+    max_elements: int = MAX_ARRAY_ELEMENTS,
+) -> np.ndarray:
+    """The inverse of :func:`encode_mask` / :func:`encode_float`; errors name ``field``.
+
+    The declared shape is checked against ``shape`` (None = any extent on that axis) and ``max_elements``
+    before anything is inflated, and inflating stops at the declared size: a small request cannot become a
+    large allocation."""
+    if shape is not None and (
+        len(encoded.shape) != len(shape) or any(want is not None and got != want for got, want in zip(encoded.shape, shape))
+    ):
+        wanted = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ")"
+        raise InputError(f"{field} must have shape {wanted}, got {tuple(encoded.shape)}")
     count = math.prod(encoded.shape)
-    if count > MAX_ARRAY_ELEMENTS:
-        raise InputError(f"{field}: shape {encoded.shape} is too large")
+    if count > max_elements:
+        raise InputError(f"{field}: shape {encoded.shape} is too large ({count} elements, at most {max_elements})")
     if encoded.dtype == "bool":
         expected = (count + 7) // 8
     elif encoded.dtype in FLOAT_DTYPES:
@@ -51,21 +64,76 @@ def decode_array(encoded: EncodedArray, field: str = "array") -> np.ndarray:
         raise InputError(f"{field}: {len(raw)} bytes do not fit shape {encoded.shape} of {encoded.dtype}")
     if encoded.dtype == "bool":
         return np.unpackbits(np.frombuffer(raw, np.uint8), count=count).astype(bool).reshape(encoded.shape)
-    return np.frombuffer(raw, np.dtype(encoded.dtype).newbyteorder("<")).astype(np.float32).reshape(encoded.shape)
+    array = np.frombuffer(raw, np.dtype(encoded.dtype).newbyteorder("<")).astype(np.float32).reshape(encoded.shape)
+    if not np.isfinite(array).all():
+        raise InputError(f"{field} contains NaN or infinite values")
+    return array
+
+
+def volume_bytes(shape: Sequence[int], dtype: str) -> int:
+    """Bytes of an uploaded ``(K, J, I)`` array once inflated (the dtype is checked here)."""
+    if dtype not in VOLUME_DTYPES:
+        raise InputError(f"volume dtype must be one of {', '.join(VOLUME_DTYPES)}, got {dtype!r}")
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+class VolumeInflater:
+    """Inflates an upload body chunk by chunk into one buffer of exactly the declared size.
+
+    Nothing beyond the declared size is ever inflated or kept, and the compressed body is never held whole,
+    so an aborted or hostile upload costs at most the declared (budget-checked) size."""
+
+    def __init__(self, shape: Sequence[int], dtype: str, compression: str) -> None:
+        self.shape, self.dtype = tuple(shape), dtype
+        self.expected = volume_bytes(shape, dtype)
+        self._buffer = np.empty(self.expected, np.uint8)  # pages are only touched as data arrives
+        self._filled = 0
+        self._inflater = zlib.decompressobj() if compression == "zlib" else None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._inflater is None:
+            self._write(chunk)
+            return
+        if self._inflater.eof:
+            if chunk:
+                raise InputError("volume body: data after the end of the zlib stream")
+            return
+        try:
+            while chunk:  # in pieces of at most INFLATE_PIECE: a bomb chunk never becomes one big bytes object
+                self._write(self._inflater.decompress(chunk, min(self.expected - self._filled + 1, INFLATE_PIECE)))
+                chunk = self._inflater.unconsumed_tail
+        except zlib.error as exc:
+            raise InputError(f"volume body: not valid zlib data ({exc})") from None
+        if self._inflater.unused_data:
+            raise InputError("volume body: data after the end of the zlib stream")
+
+    def array(self) -> np.ndarray:
+        """The ``(K, J, I)`` array, once the whole body has been fed."""
+        if self._inflater is not None and not self._inflater.eof:
+            raise InputError("volume body: the zlib stream is truncated")
+        if self._filled != self.expected:
+            raise self._size_error(self._filled)
+        return self._buffer.view(np.dtype(self.dtype).newbyteorder("<")).reshape(self.shape)
+
+    def _write(self, data: bytes) -> None:
+        end = self._filled + len(data)
+        if end > self.expected:
+            raise self._size_error(f"more than {self.expected}")
+        self._buffer[self._filled:end] = np.frombuffer(data, np.uint8)
+        self._filled = end
+
+    def _size_error(self, got: object) -> InputError:
+        return InputError(
+            f"volume body holds {got} bytes but shape {list(self.shape)} of {self.dtype} needs {self.expected}",
+            "send the array in C order, (K, J, I) = (slices, rows, columns)",
+        )
 
 
 def decode_volume(body: bytes, shape: Sequence[int], dtype: str, compression: str) -> np.ndarray:
-    """An uploaded ``(K, J, I)`` voxel array from its (optionally zlib-compressed) raw bytes."""
-    if dtype not in VOLUME_DTYPES:
-        raise InputError(f"volume dtype must be one of {', '.join(VOLUME_DTYPES)}, got {dtype!r}")
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
-    raw = inflate(body, expected, "volume body") if compression == "zlib" else body
-    if len(raw) != expected:
-        raise InputError(
-            f"volume body holds {len(raw)} bytes but shape {list(shape)} of {dtype} needs {expected}",
-            "send the array in C order, (K, J, I) = (slices, rows, columns)",
-        )
-    return np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).reshape(tuple(shape))
+    """An uploaded ``(K, J, I)`` voxel array from its (optionally zlib-compressed) raw bytes, in one piece."""
+    inflater = VolumeInflater(shape, dtype, compression)
+    inflater.feed(body)
+    return inflater.array()
 
 
 def inflate(data: bytes, expected: int, field: str) -> bytes:

@@ -11,19 +11,22 @@ import threading
 import time
 from typing import Optional, Sequence
 
-from .protocol import READY_MARKER
+from .protocol import READY_MARKER, TOKEN_MARKER
 
 READY = re.compile(re.escape(READY_MARKER) + r" (http://\S+)")
+TOKEN = re.compile(re.escape(TOKEN_MARKER) + r"(\S+)\s*$")
 
 
 class ServerProcess:
-    """``with ServerProcess(env={...}) as server: server.url``: a worker on 127.0.0.1 with a free port."""
+    """``with ServerProcess(env={...}) as server: server.url``: a worker on 127.0.0.1 with a free port
+    (``server.token``: the token announced on the ready line with ``--token auto``, else "")."""
 
     def __init__(self, args: Sequence[str] = (), env: Optional[dict[str, str]] = None, startup_timeout: float = 180.0) -> None:
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.startup_timeout = startup_timeout
         self.url = ""
+        self.token = ""
         self.output: collections.deque[str] = collections.deque(maxlen=200)
         self.process: Optional[subprocess.Popen] = None
         self._ready = threading.Event()
@@ -64,4 +67,6 @@ class ServerProcess:
             match = READY.search(line)
             if match and not self._ready.is_set():
                 self.url = match.group(1)
+                token = TOKEN.search(line)
+                self.token = token.group(1) if token else ""
                 self._ready.set()

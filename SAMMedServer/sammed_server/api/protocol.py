@@ -14,3 +14,4 @@ TOKEN_HEADER = "Authorization"  # "Bearer <token>"
 VOLUME_HEADER = "X-SAMMed-Volume"  # JSON geometry of an uploaded volume (see schemas.VolumeUpload)
 
 READY_MARKER = "SAMMed server ready:"  # serve() prints "<marker> <url>" once it accepts connections
+TOKEN_MARKER = "token="  # with --token auto the ready line ends " token=<random token>"

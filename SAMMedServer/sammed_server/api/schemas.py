@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+import math
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, conint
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, conint
+
+from ..engine.volume import MAX_EXTENT
 
 Axis = Literal[0, 1, 2]
 Vector3 = tuple[float, float, float]
-Extent = conint(ge=1, le=65536)  # one dimension of an uploaded volume
+Extent = conint(ge=1, le=MAX_EXTENT)  # one dimension of an uploaded volume
+ArtefactId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="an artefact id (not a path)")]
+
+
+def _check_window(window: Optional[str]) -> Optional[str]:
+    """A ``LEVEL,WIDTH`` window must be two finite numbers with WIDTH > 0 (names are checked by the engine)."""
+    if window is not None and "," in window:
+        try:
+            level, width = (float(part) for part in window.split(","))
+        except ValueError:
+            raise ValueError("a LEVEL,WIDTH window needs two numbers, e.g. 40,400") from None
+        if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+            raise ValueError("a LEVEL,WIDTH window needs finite numbers and WIDTH > 0")
+    return window
+
+
+Window = Annotated[
+    Optional[str],
+    Field(max_length=64, description="intensity window: auto, abdomen, lung, bone, brain, mr or 'LEVEL,WIDTH'"),
+    AfterValidator(_check_window),
+]
 
 
 class Strict(BaseModel):
-    """Unknown fields are an error (a typo must not be silently ignored)."""
+    """Unknown fields are an error (a typo must not be silently ignored); so are NaN and infinite numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ErrorBody(BaseModel):
@@ -73,7 +96,8 @@ class VolumeUpload(Strict):
 
 
 class VolumeFromPath(Strict):
-    path: str = Field(min_length=1, description="a NIfTI/NRRD/MHA file or DICOM folder on the server's file system")
+    path: str = Field(min_length=1, max_length=8192,
+                      description="a NIfTI/NRRD/MHA file or DICOM folder under one of the worker's data roots")
 
 
 class VolumeInfo(BaseModel):
@@ -101,9 +125,9 @@ class PredictRequest(Strict):
     )
     session: str = Field("default", max_length=128, description="names the stored low-res logits (one per viewer)")
     multimask: bool = False
-    model: Optional[str] = Field(None, description="model id; default: the server's")
-    window: Optional[str] = Field(None, description="intensity window: auto, abdomen, lung, bone, brain, mr or 'L,W'")
-    prompt_encoder: Optional[str] = Field(
+    model: Optional[str] = Field(None, max_length=64, description="model id; default: the server's")
+    window: Window = None
+    prompt_encoder: Optional[ArtefactId] = Field(
         None, description="id of a learned (SAM-assist) prompt encoder to use instead of the model's own"
     )
 
@@ -122,10 +146,10 @@ class PredictResponse(BaseModel):
 
 class EmbedRequest(Strict):
     axis: Axis = 2
-    slices: Optional[list[int]] = Field(None, description="which slices (default: all, outwards from focus or the middle)")
+    slices: Optional[list[int]] = Field(None, max_length=MAX_EXTENT, description="which slices (default: all, outwards from focus or the middle)")
     focus: Optional[int] = Field(None, ge=0, description="slice to embed first (the one on screen)")
-    model: Optional[str] = None
-    window: Optional[str] = None
+    model: Optional[str] = Field(None, max_length=64)
+    window: Window = None
 
 
 class AnnotatedSlices(Strict):
@@ -144,8 +168,8 @@ class TrainRequest(Strict):
     name: str = Field("target", min_length=1, max_length=80, description="target name stored with the artefact")
     prompt_type: Literal["point", "box", "composite"] = Field("point", description="prompt encoder only")
     iterations: Optional[int] = Field(None, ge=1, le=5000, description="default: the method's")
-    model: Optional[str] = None
-    window: Optional[str] = None
+    model: Optional[str] = Field(None, max_length=64)
+    window: Window = None
 
 
 class PropagateRequest(Strict):
@@ -155,22 +179,22 @@ class PropagateRequest(Strict):
     index: NonNegativeInt
     mask: EncodedArray = Field(description="(rows, cols) bool: the accepted mask on slice index")
     direction: Literal["up", "down", "both"] = Field("both", description="up = increasing slice index")
-    prompt_encoder: Optional[str] = None
+    prompt_encoder: Optional[ArtefactId] = None
     max_slices: Optional[int] = Field(None, ge=1)
-    model: Optional[str] = None
-    window: Optional[str] = None
+    model: Optional[str] = Field(None, max_length=64)
+    window: Window = None
 
 
 class AutoSegmentRequest(Strict):
     """Segment a whole volume without prompts from a trained SAP-Net (+ optional learned prompt encoder) or an
     H-SAM / MA-SAM model."""
 
-    artefact: str = Field(min_length=1, description="id of a SAP-Net or an automatic (H-SAM / MA-SAM) model")
-    prompt_encoder: Optional[str] = Field(None, description="SAP-Net only: learned prompt encoder for its prompts")
+    artefact: ArtefactId = Field(description="id of a SAP-Net or an automatic (H-SAM / MA-SAM) model")
+    prompt_encoder: Optional[ArtefactId] = Field(None, description="SAP-Net only: learned prompt encoder for its prompts")
     annotations: Optional[AnnotatedSlices] = Field(None, description="SAP-Net only: slices kept as the user drew them")
     axis: Axis = 2
-    model: Optional[str] = None
-    window: Optional[str] = None
+    model: Optional[str] = Field(None, max_length=64)
+    window: Window = None
 
 
 class ArtefactInfo(BaseModel):

@@ -1,93 +1,59 @@
-"""The worker's state behind the HTTP layer: volumes by content hash, one predictor per model, jobs.
-
-All models share one embedding cache and one :class:`DeviceQueue`, so interactive decodes go before
-background work whatever model either uses.
+"""The worker's operations behind the HTTP layer: health, volumes in (upload or path, both bounded), predict,
+embedding jobs. What it holds between requests lives in :mod:`.state`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, AsyncIterator, Iterable, Optional, Sequence
 
 import numpy as np
+from anyio import to_thread
 
 from .. import __version__
-from ..engine.cache import EmbeddingCache
-from ..engine.predictor import PreparedVolume, SlicePredictor
 from ..engine.prompts import SlicePrompts
-from ..engine.registry import REGISTRY, default_checkpoint_path, get_spec, load_backend, pick_device
-from ..engine.scheduler import DeviceQueue
-from ..engine.volume import AXIS_NAMES, Volume, load_volume, volume_from_array
-from ..errors import InputError, SAMMedError
-from ..settings import embedding_cache_dir, memory_cache_bytes
+from ..engine.registry import REGISTRY, default_checkpoint_path
+from ..engine.volume import AXIS_NAMES, load_volume, volume_from_array
+from ..errors import InputError
+from ..settings import data_roots
 from . import codec
-from .jobs import Job, JobContext, JobManager
-from .workflows import LearnedPromptEncoders
+from .jobs import Job, JobContext
+from .paths import checked_path
 from .protocol import PROTOCOL_VERSION, SERVICE_NAME
 from .schemas import EmbedRequest, Health, ModelInfo, PredictRequest, PredictResponse, VolumeInfo, VolumeUpload
+from .state import WorkerState
 
-MAX_VOLUMES = 16  # least recently used volumes beyond this are dropped (clients re-upload on unknown_volume)
 MAX_PREVIOUS = 256  # stored low-res logits for use_previous_mask
+READ_TIMEOUT_S = 120.0  # a from-path read that takes longer is abandoned (the request gets a clear error)
+READER_THREADS = 2
+DRAIN_BYTES = 64 * 2**20  # of a refused upload's body, read and dropped before answering; beyond it the connection closes
+
+class ReadTimeoutError(InputError):
+    code = "read_timeout"
 
 
-class UnknownVolumeError(SAMMedError):
-    code = "unknown_volume"
-
-
-@dataclass
-class StoredVolume:
-    volume: Volume
-    source: str
-
-    def info(self, created: bool) -> VolumeInfo:
-        v = self.volume
-        return VolumeInfo(
-            id=v.content_hash, shape_ijk=v.shape_ijk, dtype=v.array.dtype.name, spacing=v.spacing,
-            origin=v.origin, direction=v.direction, source=self.source, created=created,
-        )
-
-
-class Service:
-    def __init__(
-        self,
-        model: str = "litemedsam",
-        device: Optional[str] = None,
-        cache_dir: Optional[Path] = None,
-        memory_bytes: Optional[int] = None,
-        job_workers: int = 1,
-    ) -> None:
-        self.default_model = get_spec(model).model_id
-        self.device = str(pick_device(device))
-        self.cache = EmbeddingCache(Path(cache_dir or embedding_cache_dir()), memory_bytes or memory_cache_bytes())
-        self.queue = DeviceQueue()
-        self.jobs = JobManager(job_workers)
-        self.learned_encoders = LearnedPromptEncoders()
-        self._predictors: dict[str, SlicePredictor] = {}
-        self._volumes: OrderedDict[str, StoredVolume] = OrderedDict()
-        self._prepared: dict[tuple[str, str, str], PreparedVolume] = {}
+class Service(WorkerState):
+    def __init__(self, roots: Optional[Sequence[Path]] = None, read_timeout_s: float = READ_TIMEOUT_S, **state: Any) -> None:
+        """``roots``: folders ``from-path`` may read (default :func:`settings.data_roots`); ``state``: the options
+        of :class:`WorkerState` (model, device, cache_dir, memory_bytes, job_workers, volume_bytes)."""
+        super().__init__(**state)
+        self.data_roots = list(roots) if roots is not None else data_roots()
+        self.read_timeout_s = read_timeout_s
+        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="volume-reader")
         self._previous: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
-
-    # models -------------------------------------------------------------------------------
-    def predictor(self, model: Optional[str] = None) -> SlicePredictor:
-        """The predictor of ``model`` (default: the server's), loading its weights on first use."""
-        model_id = get_spec(model or self.default_model).model_id
-        with self._load_lock:
-            if model_id not in self._predictors:
-                backend = load_backend(model_id, device=self.device)
-                self._predictors[model_id] = SlicePredictor(backend, self.cache, self.queue)
-            return self._predictors[model_id]
+        self.volumes.on_drop.append(self._forget_previous)
 
     def health(self, auth: bool, max_request_bytes: int, max_upload_bytes: int) -> Health:
         return Health(
             service=SERVICE_NAME, version=__version__, protocol=PROTOCOL_VERSION, device=self.device,
-            default_model=self.default_model, models_loaded=sorted(self._predictors), auth=auth,
+            default_model=self.default_model, models_loaded=self.loaded_models(), auth=auth,
             max_request_bytes=max_request_bytes, max_upload_bytes=max_upload_bytes,
         )
 
@@ -95,72 +61,57 @@ class Service:
         return [
             ModelInfo(
                 id=spec.model_id, description=spec.description, input_size=spec.input_size, box_only=spec.box_only,
-                default=spec.model_id == self.default_model, loaded=spec.model_id in self._predictors,
+                default=spec.model_id == self.default_model, loaded=spec.model_id in self.loaded_models(),
                 checkpoint_present=default_checkpoint_path(spec).is_file(),
             )
             for spec in REGISTRY.values()
         ]
 
     # volumes ------------------------------------------------------------------------------
-    def upload(self, body: bytes, meta: VolumeUpload) -> VolumeInfo:
-        array = codec.decode_volume(body, meta.shape, meta.dtype, meta.compression)
-        return self._add(volume_from_array(array, meta.spacing, meta.origin, meta.direction), "upload")
+    async def upload(self, chunks: AsyncIterator[bytes], meta: VolumeUpload) -> VolumeInfo:
+        """A volume from a streamed body: its declared size is checked against the budget before any inflating."""
+        body_read = False
+        try:
+            nbytes = codec.volume_bytes(meta.shape, meta.dtype)
+            with self.volumes.reserve(nbytes, f"a {'x'.join(map(str, meta.shape))} {meta.dtype} volume"):
+                inflater = codec.VolumeInflater(meta.shape, meta.dtype, meta.compression)
+                async for chunk in chunks:
+                    await to_thread.run_sync(inflater.feed, chunk)
+                body_read = True
+                volume = await to_thread.run_sync(
+                    volume_from_array, inflater.array(), meta.spacing, meta.origin, meta.direction
+                )
+                return self.volumes.add(volume, "upload")
+        except InputError:
+            if not body_read:
+                await _drain(chunks, DRAIN_BYTES)  # read (and drop) the rest, so the client gets the answer, not a reset
+            raise
 
-    def from_path(self, path: str) -> VolumeInfo:
-        return self._add(load_volume(path), str(Path(path).expanduser()))
+    async def from_path(self, path: str) -> VolumeInfo:
+        """A volume read from this machine's disk: only under the data roots, regular files, bounded size and
+        time, on reader threads of its own (a stuck read never holds up other requests)."""
+        real = checked_path(path, self.data_roots, self.volumes.memory_bytes)
+        future = asyncio.get_running_loop().run_in_executor(self._readers, load_volume, real, self.volumes.memory_bytes)
+        try:
+            volume = await asyncio.wait_for(future, self.read_timeout_s)
+        except asyncio.TimeoutError:
+            raise ReadTimeoutError(f"reading {path} took longer than {self.read_timeout_s:g} s; abandoned",
+                                   "check the file system it lives on") from None
+        return self.volumes.add(volume, path)
 
     def volume_info(self, volume_id: str) -> VolumeInfo:
-        return self._stored(volume_id).info(created=False)
+        return self.volumes.get(volume_id).info(created=False)
 
-    def volumes(self) -> list[VolumeInfo]:
-        with self._lock:
-            return [stored.info(created=False) for stored in self._volumes.values()]
+    def list_volumes(self) -> list[VolumeInfo]:
+        return [stored.info(created=False) for stored in self.volumes.all()]
 
     def delete_volume(self, volume_id: str) -> None:
-        self._stored(volume_id)
-        with self._lock:
-            self._volumes.pop(volume_id, None)
-            self._drop_derived(volume_id)
+        self.volumes.delete(volume_id)
 
-    def _add(self, volume: Volume, source: str) -> VolumeInfo:
+    def _forget_previous(self, volume_id: str) -> None:
         with self._lock:
-            stored = self._volumes.get(volume.content_hash)
-            created = stored is None
-            if created:
-                stored = self._volumes[volume.content_hash] = StoredVolume(volume, source)
-                while len(self._volumes) > MAX_VOLUMES:
-                    self._drop_derived(self._volumes.popitem(last=False)[0])
-            self._volumes.move_to_end(volume.content_hash)
-            return stored.info(created)
-
-    def _stored(self, volume_id: str) -> StoredVolume:
-        with self._lock:
-            stored = self._volumes.get(volume_id)
-            if stored is None:
-                raise UnknownVolumeError(
-                    f"no volume {volume_id!r} on this server", "upload the volume (or register its path) first"
-                )
-            self._volumes.move_to_end(volume_id)
-            return stored
-
-    def _drop_derived(self, volume_id: str) -> None:
-        """Forget prepared volumes and stored logits of ``volume_id``; the caller holds ``_lock``."""
-        for key in [k for k in self._prepared if k[0] == volume_id]:
-            del self._prepared[key]
-        for key in [k for k in self._previous if k[0] == volume_id]:
-            del self._previous[key]
-
-    def prepared(self, volume_id: str, predictor: SlicePredictor, window: Optional[str]) -> PreparedVolume:
-        """The stored volume with ``predictor``'s preprocessing for ``window`` (kept, so hashes are computed once)."""
-        volume = self._stored(volume_id).volume
-        key = (volume_id, predictor.backend.model_id, (window or "auto").strip().lower())
-        with self._lock:
-            prepared = self._prepared.get(key)
-        if prepared is None:
-            prepared = predictor.prepare(volume, window)
-            with self._lock:
-                self._prepared[key] = prepared
-        return prepared
+            for key in [k for k in self._previous if k[0] == volume_id]:
+                del self._previous[key]
 
     # prediction ---------------------------------------------------------------------------
     def predict(self, volume_id: str, request: PredictRequest) -> PredictResponse:
@@ -175,7 +126,8 @@ class Service:
         if request.mask_input is not None:
             if request.use_previous_mask:
                 raise InputError("give mask_input or use_previous_mask, not both")
-            mask_input = codec.decode_array(request.mask_input, "mask_input")
+            size = predictor.backend.mask_input_size
+            mask_input = codec.decode_array(request.mask_input, "mask_input", max_elements=size * size)
         elif request.use_previous_mask:
             with self._lock:
                 mask_input = self._previous.get(session_key)
@@ -228,7 +180,16 @@ class Service:
         return self.jobs.submit("embed", run, key=key, focus=request.focus)
 
     def close(self) -> None:
-        self.jobs.shutdown()
+        super().close()
+        self._readers.shutdown(wait=False, cancel_futures=True)
+
+
+async def _drain(chunks: AsyncIterator[bytes], limit: int) -> None:
+    drained = 0
+    async for chunk in chunks:
+        drained += len(chunk)
+        if drained > limit:
+            return
 
 
 def outward_order(slices: Iterable[int], center: int) -> list[int]:

@@ -6,12 +6,10 @@ automatically (SAP-Net + assist, or an H-SAM / MA-SAM model).
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
-from torch import nn
 
 from ..artefacts import artefact_kind, list_artefacts, read_manifest
 from ..engine.predictor import PreparedVolume, SlicePredictor
@@ -20,30 +18,9 @@ from ..errors import InputError
 from . import codec
 from .jobs import Job, JobContext
 from .schemas import AnnotatedSlices, ArtefactInfo, AutoSegmentRequest, PropagateRequest, TrainRequest
-
-if TYPE_CHECKING:
-    from .service import Service
+from .state import WorkerState
 
 ARTEFACT_KINDS = ("prompt_encoders", "sapnets", "auto_models")
-
-
-class LearnedPromptEncoders:
-    """Loaded SAM-assist prompt encoders, one per (artefact, base weights); loading checks the base weights."""
-
-    def __init__(self) -> None:
-        self._loaded: dict[tuple[str, str], nn.Module] = {}
-        self._lock = threading.Lock()
-
-    def get(self, artefact_id: Optional[str], predictor: SlicePredictor) -> Optional[nn.Module]:
-        if not artefact_id:
-            return None
-        from ..sammed.learned_prompts import load_prompt_encoder
-
-        key = (artefact_id, predictor.backend.weights_sha256)
-        with self._lock:
-            if key not in self._loaded:
-                self._loaded[key] = load_prompt_encoder(artefact_id, predictor.backend)
-            return self._loaded[key]
 
 
 def artefacts(kind: Optional[str]) -> list[ArtefactInfo]:
@@ -62,13 +39,8 @@ def artefacts(kind: Optional[str]) -> list[ArtefactInfo]:
 
 def annotations_of(prepared: PreparedVolume, annotated: AnnotatedSlices) -> dict[int, np.ndarray]:
     """``{slice index: (rows, cols) bool}`` from the wire, checked against the volume's slices."""
-    masks = codec.decode_array(annotated.masks, "annotations.masks")
     rows, cols = prepared.volume.slice_shape(annotated.axis)
-    if masks.ndim != 3 or masks.shape[1:] != (rows, cols) or masks.shape[0] != len(annotated.indices):
-        raise InputError(
-            f"annotations.masks must be ({len(annotated.indices)}, {rows}, {cols}) for {len(annotated.indices)} "
-            f"slice(s) along {AXIS_NAMES[annotated.axis]}, got {tuple(masks.shape)}"
-        )
+    masks = codec.decode_array(annotated.masks, "annotations.masks", shape=(len(annotated.indices), rows, cols))
     if len(set(annotated.indices)) != len(annotated.indices):
         raise InputError("annotations.indices has duplicates")
     for index in annotated.indices:
@@ -76,10 +48,10 @@ def annotations_of(prepared: PreparedVolume, annotated: AnnotatedSlices) -> dict
     return {int(i): masks[n].astype(bool) for n, i in enumerate(annotated.indices)}
 
 
-def train(service: "Service", volume_id: str, request: TrainRequest) -> Job:
+def train(state: WorkerState, volume_id: str, request: TrainRequest) -> Job:
     """Start training a prompt encoder or a SAP-Net; the job's ``loss`` metric is the curve, its result the id."""
-    predictor = service.predictor(request.model)
-    prepared = service.prepared(volume_id, predictor, request.window)
+    predictor = state.predictor(request.model)
+    prepared = state.prepared(volume_id, predictor, request.window)
     axis = request.annotations.axis
     annotations = annotations_of(prepared, request.annotations)
     if not any(mask.any() for mask in annotations.values()):
@@ -112,7 +84,7 @@ def train(service: "Service", volume_id: str, request: TrainRequest) -> Job:
         return _trained(artefact_id, "sapnets", trained.losses, trained.seconds, slices)
 
     run = run_prompt_encoder if request.kind == "prompt_encoder" else run_sapnet
-    return service.jobs.submit(f"train_{request.kind}", run)
+    return state.jobs.submit(f"train_{request.kind}", run)
 
 
 def _trained(artefact_id: str, kind: str, losses: list[float], seconds: float, slices: list[int]) -> dict[str, Any]:
@@ -120,20 +92,18 @@ def _trained(artefact_id: str, kind: str, losses: list[float], seconds: float, s
             "loss_first": losses[0], "loss_last": losses[-1], "losses": [round(v, 4) for v in losses]}
 
 
-def propagate(service: "Service", volume_id: str, request: PropagateRequest) -> Job:
+def propagate(state: WorkerState, volume_id: str, request: PropagateRequest) -> Job:
     """Start propagating ``request.mask`` from its slice; the result holds only the slices it computed."""
     from ..engine.propagation import PropagationConfig, propagate as run_propagation
 
-    predictor = service.predictor(request.model)
-    prepared = service.prepared(volume_id, predictor, request.window)
+    predictor = state.predictor(request.model)
+    prepared = state.prepared(volume_id, predictor, request.window)
     axis, index = request.axis, request.index
     rows, cols = prepared.volume.slice(axis, index).shape
-    mask = codec.decode_array(request.mask, "mask")
-    if mask.shape != (rows, cols):
-        raise InputError(f"mask must be ({rows}, {cols}) for slice {index} along {AXIS_NAMES[axis]}, got {mask.shape}")
+    mask = codec.decode_array(request.mask, "mask", shape=(rows, cols))
     if not mask.any():
         raise InputError("the mask to propagate is empty", "accept a mask on this slice first")
-    encoder = service.learned_encoders.get(request.prompt_encoder, predictor)
+    encoder = state.learned_encoders.get(request.prompt_encoder, predictor)
     config = PropagationConfig(max_slices=request.max_slices) if request.max_slices else PropagationConfig()
 
     def run(ctx: JobContext) -> dict[str, Any]:
@@ -152,29 +122,29 @@ def propagate(service: "Service", volume_id: str, request: PropagateRequest) -> 
             "scores": [float(result.scores[i]) for i in indices], "stopped": dict(result.stopped),
         }
 
-    return service.jobs.submit("propagate", run)
+    return state.jobs.submit("propagate", run)
 
 
-def auto_segment(service: "Service", volume_id: str, request: AutoSegmentRequest) -> Job:
+def auto_segment(state: WorkerState, volume_id: str, request: AutoSegmentRequest) -> Job:
     """Start segmenting the whole volume with a SAP-Net (+ assist) or an H-SAM / MA-SAM model.
 
     The result is ``labels`` (value, name, colour) and ``masks``: ``(L, K, J, I)`` bool, one per label."""
     kind = artefact_kind(request.artefact, ("sapnets", "auto_models"))
-    predictor = service.predictor(request.model)
-    prepared = service.prepared(volume_id, predictor, request.window)
+    predictor = state.predictor(request.model)
+    prepared = state.prepared(volume_id, predictor, request.window)
     annotations = annotations_of(prepared, request.annotations) if request.annotations else {}
     if kind == "sapnets":
-        return _sapnet_job(service, predictor, prepared, request, annotations)
-    return _auto_model_job(service, predictor, prepared, request)
+        return _sapnet_job(state, predictor, prepared, request, annotations)
+    return _auto_model_job(state, predictor, prepared, request)
 
 
-def _sapnet_job(service: "Service", predictor: SlicePredictor, prepared: PreparedVolume,
+def _sapnet_job(state: WorkerState, predictor: SlicePredictor, prepared: PreparedVolume,
                 request: AutoSegmentRequest, annotations: dict[int, np.ndarray]) -> Job:
     from ..sammed.auto_segment import auto_segment as run_auto_segment
     from ..sammed.sapnet import load_sapnet
 
     sapnet = load_sapnet(request.artefact, predictor.backend)
-    encoder = service.learned_encoders.get(request.prompt_encoder, predictor)
+    encoder = state.learned_encoders.get(request.prompt_encoder, predictor)
     prompt = read_manifest("prompt_encoders", request.prompt_encoder)["prompt_type"] if request.prompt_encoder else "box"
     name = sapnet.name or "target"
 
@@ -189,10 +159,10 @@ def _sapnet_job(service: "Service", predictor: SlicePredictor, prepared: Prepare
                 "masks": codec.encode_mask(result.mask[None]).model_dump()}
 
     key = hashlib.sha1(f"auto|{prepared.volume.content_hash}|{request.model_dump_json()}".encode()).hexdigest()
-    return service.jobs.submit("auto_segment", run, key=key)
+    return state.jobs.submit("auto_segment", run, key=key)
 
 
-def _auto_model_job(service: "Service", predictor: SlicePredictor, prepared: PreparedVolume,
+def _auto_model_job(state: WorkerState, predictor: SlicePredictor, prepared: PreparedVolume,
                     request: AutoSegmentRequest) -> Job:
     from ..adapted.inference import segment_with_auto_model
 
@@ -201,12 +171,12 @@ def _auto_model_job(service: "Service", predictor: SlicePredictor, prepared: Pre
     def run(ctx: JobContext) -> dict[str, Any]:
         ctx.log(f"auto-segmenting with {manifest.get('mode')} model {request.artefact}")
         segments = segment_with_auto_model(
-            request.artefact, predictor.backend, prepared.volume, service.cache, axis=request.axis,
+            request.artefact, predictor.backend, prepared.volume, state.cache, axis=request.axis,
             progress=lambda done, total: ctx.progress(done, total), cancel=ctx.cancel_event,
         )
         labels = [{"value": n + 1, "name": seg.name, "color": list(seg.color)} for n, seg in enumerate(segments)]
         return {"labels": labels, "masks": codec.encode_mask(np.stack([seg.mask for seg in segments])).model_dump()}
 
     key = hashlib.sha1(f"auto|{prepared.volume.content_hash}|{request.model_dump_json()}".encode()).hexdigest()
-    return service.jobs.submit("auto_segment", run, key=key)
+    return state.jobs.submit("auto_segment", run, key=key)
 

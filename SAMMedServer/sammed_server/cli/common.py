@@ -78,10 +78,9 @@ def make_predictor(args: argparse.Namespace):
     from ..engine.cache import EmbeddingCache
     from ..engine.predictor import SlicePredictor
     from ..engine.registry import load_backend
-    from ..settings import embedding_cache_dir, memory_cache_bytes
 
     backend = load_backend(args.model, getattr(args, "checkpoint", None), args.device)
-    return SlicePredictor(backend, EmbeddingCache(embedding_cache_dir(), memory_cache_bytes()))
+    return SlicePredictor(backend, EmbeddingCache.from_settings())
 
 
 def progress_bar(description: str, unit: str, **options):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from ..errors import InputError, VolumeReadError
 
 AXIS_NAMES = ("I", "J", "K")
+MAX_EXTENT = 4096  # voxels along one axis: also bounds an axis's slice count and so its embedding store
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ def volume_from_array(
         raise InputError(f"expected a 3D volume, got an array with {array.ndim} dimension(s) of shape {array.shape}")
     if min(array.shape) < 1:
         raise InputError(f"the volume is empty (shape {array.shape})")
+    if max(array.shape) > MAX_EXTENT:
+        raise InputError(f"the volume has {max(array.shape)} voxels along one axis; at most {MAX_EXTENT} are supported",
+                         "crop or resample it")
     if array.dtype.kind not in "iuf" and array.dtype != np.bool_:
         raise InputError(f"voxel type {array.dtype} is not a scalar number type")
     if array.dtype.kind == "f":
@@ -124,12 +128,14 @@ def volume_from_array(
     return Volume(array, spacing_t, origin_t, direction_t, content_hash(array, spacing_t))
 
 
-def load_volume(path: str | Path) -> Volume:
-    """Read a NIfTI/NRRD/MHA/... file or a folder holding one DICOM series."""
+def load_volume(path: str | Path, max_bytes: Optional[int] = None) -> Volume:
+    """Read a NIfTI/NRRD/MHA/... file or a folder holding one DICOM series.
+
+    With ``max_bytes`` a file whose header declares more voxel bytes is refused before its voxels are read."""
     path = Path(path).expanduser()
     if not path.exists():
         raise VolumeReadError(f"no such file or folder: {path}")
-    return _scalar_volume(_read_dicom_folder(path) if path.is_dir() else _read_file(path), path.name)
+    return _scalar_volume(_read_dicom_folder(path) if path.is_dir() else _read_file(path, max_bytes), path.name)
 
 
 def load_dicom_series(files: Sequence[str | Path], name: str = "the DICOM series") -> Volume:
@@ -156,9 +162,18 @@ def _scalar_volume(image: sitk.Image, name: str) -> Volume:
     )
 
 
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path, max_bytes: Optional[int] = None) -> sitk.Image:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        if max_bytes is not None:
+            reader.ReadImageInformation()
+            one_voxel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+            declared = float(np.prod(reader.GetSize(), dtype=np.float64)) * sitk.GetArrayViewFromImage(one_voxel).nbytes
+            if declared > max_bytes:
+                raise InputError(f"{path.name} declares {declared / 2**20:.0f} MiB of voxels, more than this worker "
+                                 f"reads ({max_bytes / 2**20:.0f} MiB)", "crop or resample it")
+        return reader.Execute()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown format"
         raise VolumeReadError(f"cannot read {path}: not a readable image ({reason[:160]})") from None
