@@ -9,9 +9,11 @@ the box. So clicks select among boxes instead:
   every "+" click is inside and every "−" click outside, and, when given, its overlap with the segment's mask on
   the neighbouring slice (docs/clicks.md has the measurements that chose this score). The best mask's own bounding box is then decoded once more (a tight box is what the model was trained
   with).
-* **a box and clicks** — the box stays the prompt; clicks are corrections that choose among variants of the box
-  (each side moved out to a missed "+" click or in past a "−" click). The variant that honours the most clicks
-  wins, ties going to the one closest to the user's box, so a "+" click inside the current mask changes nothing.
+* **a box and clicks** — the box stays the prompt; clicks are corrections. For each click the box's mask breaks,
+  variants of the box (sides moved out to a missed "+" click or in past a "−" click) are decoded in one call, and
+  the change of the variant that honours the click with the fewest pixels changed is taken only where it forms a
+  blob around the click. A "+" click inside the current mask therefore changes nothing, and a click never edits
+  far from itself.
 
 Coordinates here are model-input pixels (see :class:`~sammed_server.engine.preprocessing.InputTransform`).
 """
@@ -23,6 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .backend import Decoded
 
@@ -181,22 +184,45 @@ def box_variants(box: np.ndarray, base_mask: np.ndarray, clicks: Clicks, bounds:
     return np.asarray([variants[0]] + [v for v in keep[1:] if not np.allclose(v, variants[0])] if keep else variants[:1])
 
 
-def correct_box(decode: DecodeFn, box: np.ndarray, clicks: Clicks, bounds: tuple[float, float]) -> SearchResult:
-    """A box with corrective clicks: the box's own mask unless a variant of the box honours more clicks; among
-    those honouring the most, the one whose mask stays closest to the box's own (fewest pixels changed)."""
+def correct_box(decode: DecodeFn, box: np.ndarray, clicks: Clicks, bounds: tuple[float, float],
+                image: Optional[np.ndarray] = None, focus: float = 0.15, tolerance: float = 0.08) -> SearchResult:
+    """A box with corrective clicks. The box's own mask stands wherever no click says otherwise. For each click
+    it breaks, the variant of the box that honours that click with the fewest pixels changed is found, and only
+    its change around the click is taken: the connected part of the difference that holds the click (of intensity
+    within ``tolerance`` of the click's, given the model-space ``image`` in [0, 1]), and only if it lies within
+    ``focus`` × the box diagonal of the click. So a click edits the structure it lies on and nothing far away;
+    a change that reaches farther (a side cut through the organ) is not taken."""
     base = decode(np.asarray(box, np.float64)[None])
-    base_mask = (base.low_res_logits[0, 0] > 0).numpy()
+    logits, iou = base.low_res_logits[0, 0].clone(), float(base.iou[0, 0])
+    base_mask = (logits > 0).numpy()
     candidates = box_variants(box, base_mask, clicks, bounds)
-    logits, ious = base.low_res_logits[:, 0], base.iou[:, 0].numpy()
+    scores = np.zeros(len(candidates))
     if len(candidates) > 1:
         more = decode(candidates[1:])
-        logits = torch.cat([logits, more.low_res_logits[:, 0]])
-        ious = np.concatenate([ious, more.iou[:, 0].numpy()])
-    masks = (logits > 0).numpy()
-    closeness = mask_iou(masks, np.broadcast_to(base_mask, masks.shape))
-    scores = click_agreement(masks, clicks) + 0.5 * closeness
-    best = int(np.argmax(scores))
-    return SearchResult(candidates[best], logits[best], float(ious[best]), candidates, scores)
+        variant_logits = more.low_res_logits[:, 0]
+        masks = (variant_logits > 0).numpy()
+        closeness = mask_iou(masks, np.broadcast_to(base_mask, masks.shape))
+        radius = focus * float(np.hypot(box[2] - box[0], box[3] - box[1]))
+        rows, cols = np.indices(base_mask.shape)
+        for click, wanted in [(p, True) for p in clicks.positive] + [(p, False) for p in clicks.negative]:
+            if _inside(base_mask, click) == wanted:
+                continue
+            honours = np.array([_inside(m, click) == wanted for m in masks])
+            if not honours.any():
+                continue
+            best = int(np.argmax(np.where(honours, closeness, -1.0)))
+            scores[best + 1] += 1
+            x, y = np.clip(np.round(click).astype(int), 0, base_mask.shape[-1] - 1)
+            editable = masks[best] != base_mask
+            if image is not None:
+                level = float(np.median(image[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2]))
+                editable &= np.abs(image - level) <= tolerance
+            parts, _ = ndimage.label(editable)
+            region = parts == parts[y, x]
+            if parts[y, x] == 0 or np.any(region & ((cols - click[0]) ** 2 + (rows - click[1]) ** 2 > radius ** 2)):
+                continue  # no change at the click, or one reaching far from it (a side cut through the organ)
+            logits[torch.from_numpy(region)] = variant_logits[best][torch.from_numpy(region)]
+    return SearchResult(np.asarray(box, np.float64), logits, iou, candidates, scores)
 
 
 def _inside(mask: np.ndarray, point: np.ndarray) -> bool:

@@ -143,12 +143,13 @@ class SlicePredictor:
         prompt_encoder: Optional[torch.nn.Module] = None,
     ) -> Prediction:
         """Decode ``prompts`` on slice ``index`` along ``axis``; masks come back at slice resolution.
-        ``prompt_encoder`` is a learned (SAM-assist) encoder to use instead of the model's own."""
+        ``prompt_encoder`` is a learned (SAM-assist) encoder to use instead of the model's own. On a box-trained
+        model, points without a mask input go through the click search (one mask, even with ``multimask``)."""
         transform = prepared.transform(axis)
         prompts = prompts.validated(transform.rows, transform.cols)
         embedding = self.embedding(prepared, axis, index)
-        if self.backend.box_only and prompts.points and prompt_encoder is None:
-            return self._predict_clicks(prepared, axis, embedding, prompts)
+        if self.backend.box_only and prompts.points and prompt_encoder is None and prompts.mask_input is None:
+            return self._predict_clicks(prepared, axis, index, embedding, prompts)
         points = labels = box = mask_input = None
         if prompts.points:
             points = torch.from_numpy(transform.points_to_model(np.asarray(prompts.points))).float()
@@ -164,10 +165,10 @@ class SlicePredictor:
         decoded = self.backend.decode(embedding, points, labels, box, mask_input, prompts.multimask, prompt_encoder)
         return self._prediction(transform, decoded.low_res_logits, decoded.iou)
 
-    def _predict_clicks(self, prepared: PreparedVolume, axis: int, embedding: torch.Tensor,
+    def _predict_clicks(self, prepared: PreparedVolume, axis: int, index: int, embedding: torch.Tensor,
                         prompts: SlicePrompts) -> Prediction:
         """Points on a box-trained model: the clicks choose a box (:mod:`.click_search`), in one batched decode
-        of candidate boxes plus one refining decode; the prompt's mask input is not used."""
+        of candidate boxes plus one refining decode. (With a mask input, points go to the decoder as given.)"""
         transform = prepared.transform(axis)
         if 1 not in prompts.labels and prompts.box is None:
             raise InputError("\"−\" points alone select nothing", "place a \"+\" point on the object or draw a box")
@@ -193,7 +194,11 @@ class SlicePredictor:
                                          * col_mm * transform.cols / transform.new_cols))
             found = search_clicks(decode, decode_coarse, clicks, mm_per_pixel, bounds, context, self.click_search)
         else:
-            found = correct_box(decode, transform.box_to_model(np.asarray(prompts.box)), clicks, bounds)
+            image = prepared.preprocessing.window.apply(prepared.volume.slice(axis, index))
+            resolution = self.backend.mask_input_size
+            model_image = F.interpolate(transform.image_to_model(image)[None], size=(resolution, resolution),
+                                        mode="bilinear", align_corners=False)[0, 0].numpy()
+            found = correct_box(decode, transform.box_to_model(np.asarray(prompts.box)), clicks, bounds, model_image)
         prediction = self._prediction(transform, found.logits[None], torch.tensor([found.iou]))
         prediction.box = tuple(float(v) for v in transform.box_to_slice(found.box))
         return prediction
