@@ -144,11 +144,13 @@ class SlicePredictor:
     ) -> Prediction:
         """Decode ``prompts`` on slice ``index`` along ``axis``; masks come back at slice resolution.
         ``prompt_encoder`` is a learned (SAM-assist) encoder to use instead of the model's own. On a box-trained
-        model, points without a mask input go through the click search (one mask, even with ``multimask``)."""
+        model, points without a mask input go through the click search (one mask: ``multimask`` only applies to
+        a box with points, which then go to the decoder as given, as with a mask input)."""
         transform = prepared.transform(axis)
         prompts = prompts.validated(transform.rows, transform.cols)
         embedding = self.embedding(prepared, axis, index)
-        if self.backend.box_only and prompts.points and prompt_encoder is None and prompts.mask_input is None:
+        clicks_only = prompts.box is None or not prompts.multimask  # box + points + multimask: the decoder's 3 masks
+        if self.backend.box_only and prompts.points and prompt_encoder is None and prompts.mask_input is None and clicks_only:
             return self._predict_clicks(prepared, axis, index, embedding, prompts)
         points = labels = box = mask_input = None
         if prompts.points:
