@@ -169,8 +169,9 @@ class SlicePredictor:
 
     def _predict_clicks(self, prepared: PreparedVolume, axis: int, index: int, embedding: torch.Tensor,
                         prompts: SlicePrompts) -> Prediction:
-        """Points on a box-trained model: the clicks choose a box (:mod:`.click_search`), in one batched decode
-        of candidate boxes plus one refining decode. (With a mask input, points go to the decoder as given.)"""
+        """Points on a box-trained model (:mod:`.click_search`): the first "+" click finds a box (one batched
+        decode of candidate boxes plus one refining decode); every other click corrects that box's mask, as
+        clicks after a drawn box do."""
         transform = prepared.transform(axis)
         if 1 not in prompts.labels and prompts.box is None:
             raise InputError("\"−\" points alone select nothing", "place a \"+\" point on the object or draw a box")
@@ -187,20 +188,23 @@ class SlicePredictor:
             logits = F.interpolate(decoded.low_res_logits, size=(size, size), mode="bilinear", align_corners=False)
             return Decoded(logits, decoded.iou)
 
-        if prompts.box is None:
+        image = prepared.preprocessing.window.apply(prepared.volume.slice(axis, index))
+        resolution = self.backend.mask_input_size
+        model_image = F.interpolate(transform.image_to_model(image)[None], size=(resolution, resolution),
+                                    mode="bilinear", align_corners=False)[0, 0].numpy()
+        box = None if prompts.box is None else transform.box_to_model(np.asarray(prompts.box))
+        if box is None:  # the first "+" click finds the box; every other click corrects it, as after a drawn box
             context = None
             if prompts.context is not None:
-                context = (transform.mask_to_model(prompts.context, self.backend.mask_input_size)[0] > 0).numpy()
+                context = (transform.mask_to_model(prompts.context, resolution)[0] > 0).numpy()
             row_mm, col_mm = prepared.volume.slice_spacing(axis)
             mm_per_pixel = float(np.sqrt(row_mm * transform.rows / transform.new_rows
                                          * col_mm * transform.cols / transform.new_cols))
-            found = search_clicks(decode, decode_coarse, clicks, mm_per_pixel, bounds, context, self.click_search)
-        else:
-            image = prepared.preprocessing.window.apply(prepared.volume.slice(axis, index))
-            resolution = self.backend.mask_input_size
-            model_image = F.interpolate(transform.image_to_model(image)[None], size=(resolution, resolution),
-                                        mode="bilinear", align_corners=False)[0, 0].numpy()
-            found = correct_box(decode, transform.box_to_model(np.asarray(prompts.box)), clicks, bounds, model_image)
+            first = Clicks(clicks.positive[:1], np.zeros((0, 2)))
+            found = search_clicks(decode, decode_coarse, first, mm_per_pixel, bounds, context, self.click_search)
+            box = found.box
+        if prompts.box is not None or len(clicks.positive) + len(clicks.negative) > 1:
+            found = correct_box(decode, box, clicks, bounds, model_image)
         prediction = self._prediction(transform, found.logits[None], torch.tensor([found.iou]))
         prediction.box = tuple(float(v) for v in transform.box_to_slice(found.box))
         return prediction
