@@ -147,8 +147,8 @@ def test_errors_arrive_as_exceptions(client, volume, server):
         client.predict(volume.id, axis=2, index=500, box=(1, 1, 5, 5))
     assert error.value.code == "invalid_input" and "outside the volume" in error.value.message
     with pytest.raises(InvalidRequestError) as error:
-        client.predict(volume.id, axis=2, index=3, points=[(5, 5)], labels=[1])
-    assert "box prompts only" in error.value.message and error.value.hint
+        client.predict(volume.id, axis=2, index=3, points=[(5, 5)], labels=[0])
+    assert "select nothing" in error.value.message and error.value.hint
     with pytest.raises(InvalidRequestError) as error:
         client.predict(volume.id, axis=7, index=3, box=(1, 1, 5, 5))
     assert error.value.code == "validation_error" and error.value.field == "axis" and error.value.status == 422

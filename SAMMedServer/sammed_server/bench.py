@@ -58,6 +58,15 @@ def run_bench(
             predictor.predict(prepared, 2, indices[i % len(indices)], SlicePrompts(box=box))
             decode_s.append(time.perf_counter() - started)
         rows.append((f"decode p50 / p95 ms ({decodes} box prompts, cached)", percentiles_ms(decode_s)))
+        click = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        click_s = []
+        for i in range(max(decodes // 5, 2)):  # one "+" click: the click search (docs/clicks.md)
+            started = time.perf_counter()
+            predictor.predict(prepared, 2, indices[i % len(indices)], SlicePrompts(points=[click], labels=[1]))
+            click_s.append(time.perf_counter() - started)
+        ratio = float(np.median(click_s) / np.median(decode_s))
+        rows.append((f"click p50 / p95 ms ({len(click_s)} one-click searches, cached; p50 × box)",
+                     f"{percentiles_ms(click_s)} ({ratio:.1f}×)"))
 
         stats = predictor.cache.stats
         rows.append(("cache hits memory / disk / misses", f"{stats.memory_hits} / {stats.disk_hits} / {stats.misses}"))

@@ -178,7 +178,7 @@ def test_engine_input_errors_are_400(api, ct_id):
     url = f"/v1/volumes/{ct_id}/predict"
     assert_error(api.post(url, json={"index": 99, "box": [0, 0, 5, 5]}), 400, "invalid_input", "outside the volume")
     assert_error(api.post(url, json={"index": 3, "points": [[500, 2]], "labels": [1]}), 400, "invalid_input", "outside")
-    assert_error(api.post(url, json={"index": 3, "points": [[50, 2]], "labels": [1]}), 400, "invalid_input", "box prompts only")
+    assert_error(api.post(url, json={"index": 3, "points": [[50, 2]], "labels": [0]}), 400, "invalid_input", "select nothing")
     assert_error(api.post(url, json={"index": 3}), 400, "invalid_input", "at least one point or a box")
     assert_error(api.post(url, json={"index": 3, "box": [0, 0, 5, 5], "window": "nonsense"}), 400, "invalid_input")
     assert_error(api.post(url, json={"index": 3, "box": [0, 0, 5, 5], "model": "sam_vit_z"}), 404, "unknown_model")

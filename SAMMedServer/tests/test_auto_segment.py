@@ -73,8 +73,6 @@ def test_bad_auto_segment_input(predictor, prepared, labels):
         auto_segment(predictor, prepared, 2, sapnet, {3: np.ones((5, 5), bool)})
     with pytest.raises(InputError, match="does not fit"):
         auto_segment(predictor, prepared, 2, sapnet, {30: reference[0]})
-    with pytest.raises(InputError, match="box prompts only"):  # LiteMedSAM's own encoder cannot take points alone
-        auto_segment(predictor, prepared, 2, sapnet, prompt="point")
 
 
 def test_algorithm1_points_stop_where_the_intensity_leaves_the_band():

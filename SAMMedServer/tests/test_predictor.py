@@ -53,11 +53,6 @@ def test_points_refine_a_box_and_multimask(predictor, prepared, labels):
     assert not negative.masks[0][y, x]
 
 
-def test_points_alone_on_a_box_only_model_are_refused(predictor, prepared):
-    with pytest.raises(InputError, match="box prompts only"):
-        predictor.predict(prepared, 2, 24, SlicePrompts(points=[(60, 50)], labels=[1]))
-
-
 def test_other_axes_work(predictor, prepared, labels):
     reference = labels == ORGANS["liver"]
     j = largest_slice(reference, axis=1)

@@ -78,7 +78,9 @@ class ModelInfo(BaseModel):
     id: str
     description: str
     input_size: int
-    box_only: bool = Field(description="trained with boxes only: a point-only prompt is refused")
+    box_only: bool = Field(
+        description="trained with boxes only: points are answered by the training-free click search (docs/clicks.md)"
+    )
     default: bool
     loaded: bool
     checkpoint_present: bool
@@ -124,6 +126,9 @@ class PredictRequest(Strict):
         False, description="use as mask input the low-res logits of this session's last predict on the same slice"
     )
     session: str = Field("default", max_length=128, description="names the stored low-res logits (one per viewer)")
+    context_mask: Optional[EncodedArray] = Field(
+        None, description="(rows, cols) bool: the segment on a neighbouring slice; guides clicks on box-trained models"
+    )
     multimask: bool = False
     model: Optional[str] = Field(None, max_length=64, description="model id; default: the server's")
     window: Window = None
@@ -140,6 +145,9 @@ class PredictResponse(BaseModel):
     masks: EncodedArray = Field(description="(M, rows, cols) bool: M = 1, or 3 with multimask")
     scores: list[float] = Field(description="predicted IoU of each mask")
     best: int = Field(description="index of the highest-scoring mask")
+    box: Optional[tuple[float, float, float, float]] = Field(
+        None, description="x0, y0, x1, y1: the box the clicks were resolved to (box-trained models), else null"
+    )
     cached: bool = Field(description="whether the slice embedding was cached before this request")
     timing_ms: dict[str, float]
 

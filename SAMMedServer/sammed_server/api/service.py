@@ -131,8 +131,9 @@ class Service(WorkerState):
         elif request.use_previous_mask:
             with self._lock:
                 mask_input = self._previous.get(session_key)
+        context = None if request.context_mask is None else codec.decode_array(request.context_mask, "context_mask")
         prompts = SlicePrompts(
-            [tuple(p) for p in request.points], list(request.labels), request.box, mask_input, request.multimask
+            [tuple(p) for p in request.points], list(request.labels), request.box, mask_input, request.multimask, context
         )
         encoder = self.learned_encoders.get(request.prompt_encoder, predictor)
         cached = predictor.is_cached(prepared, axis, index)
@@ -147,7 +148,7 @@ class Service(WorkerState):
         masks = codec.encode_mask(prediction.masks)
         return PredictResponse(
             volume_id=volume_id, axis=axis, index=index, model=predictor.backend.model_id, masks=masks,
-            scores=[float(s) for s in prediction.scores], best=best, cached=cached,
+            scores=[float(s) for s in prediction.scores], best=best, box=prediction.box, cached=cached,
             timing_ms={
                 "predict": 1000 * (predicted - started),
                 "encode_mask": 1000 * (time.perf_counter() - predicted),

@@ -27,8 +27,43 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--no-sapnet", action="store_true", help="skip the SAP-Net / SAM-auto rows")
     evaluate.add_argument("--quick", action="store_true",
                           help="for tests: 1-point prompts, ≤ 3 slices, 1 click, learned point encoder only, no SAP-Net")
+    evaluate.add_argument("--clicks", type=int, default=None, metavar="N",
+                          help="run the click protocol instead (clicks alone, box, box + clicks; N clicks) on "
+                               "each organ's --click-slices largest slices")
+    evaluate.add_argument("--click-slices", type=int, default=3, help="largest slices per organ for --clicks")
     model_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
+
+
+def _evaluate_clicks(args: argparse.Namespace) -> None:
+    import csv
+    import time
+
+    from ..engine.volume import load_volume
+    from ..evaluation.clicks import evaluate_clicks, markdown_summary, summary_rows
+
+    volume = load_volume(args.volume)
+    labels = load_volume(args.labels).array
+    organs = organ_table(args, labels)
+    predictor = make_predictor(args)
+    prepared = predictor.prepare(volume, args.window)
+    started = time.perf_counter()
+    with tqdm(desc="clicks", unit="slice", dynamic_ncols=True) as bar:
+        def update(done: int, total: int, what: str) -> None:
+            bar.total, bar.n = total, done
+            bar.set_postfix_str(what)
+
+        results = evaluate_clicks(predictor, prepared, args.axis, labels, organs, args.clicks, args.click_slices, update)
+    out = args.out or Path("out/eval") / f"{args.volume.name.split('.')[0]}_clicks.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["organ", "slice", "box", "clicks", "box_clicks", "seconds_per_click"])
+        for r in results:
+            writer.writerow([r.organ, r.index, round(r.box, 4), " ".join(f"{d:.4f}" for d in r.clicks),
+                             " ".join(f"{d:.4f}" for d in r.box_clicks), round(r.seconds_per_click, 3)])
+    print(f"\n{markdown_summary(summary_rows(results))}\n\n{len(results)} slices -> {out} "
+          f"({time.perf_counter() - started:.0f} s)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -40,6 +75,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from ..evaluation.report import markdown_table, write_csv
     from ..sammed.learned_prompts import PromptTrainingConfig
 
+    if args.clicks is not None:
+        return _evaluate_clicks(args)
     volume = load_volume(args.volume)
     labels = load_volume(args.labels).array
     organs = organ_table(args, labels)

@@ -17,7 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     model_options(embed)
     embed.set_defaults(run=_embed)
 
-    segment = commands.add_parser("segment", help="segment one slice from a box and/or points")
+    segment = commands.add_parser("segment", help="segment one slice from a box and/or points (one \"+\" point is enough)")
     segment.add_argument("volume", type=Path)
     segment.add_argument("--slice", type=int, default=None, help="slice index along --axis (prompted segmentation)")
     segment.add_argument("--auto", default=None, metavar="MODEL_ID",
@@ -73,7 +73,8 @@ def _segment(args: argparse.Namespace) -> None:
     mask[slice_index(args.axis, args.slice)] = prediction.masks[prediction.best]
     color = tuple(args.color) if args.color else default_color(0)
     path = write_segmentation(volume, [Segment(args.name, mask, color)], args.output)
-    print(f"{args.name}: {int(mask.sum())} voxels on slice {args.slice} (predicted IoU "
+    resolved = "" if prediction.box is None else " from box " + ",".join(f"{v:.1f}" for v in prediction.box)
+    print(f"{args.name}: {int(mask.sum())} voxels on slice {args.slice}{resolved} (predicted IoU "
           f"{float(prediction.scores[prediction.best]):.3f}) -> {path}")
 
 

@@ -8,17 +8,18 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import CancelledError, InputError
-from .backend import SamBackend
+from .backend import Decoded, SamBackend
 from .cache import EmbeddingCache, StoreKey
+from .click_search import ClickSearchConfig, Clicks, correct_box, search_clicks
 from .preprocessing import InputTransform, Preprocessing, resolve_window
 from .prompts import SlicePrompts
 from .scheduler import DeviceQueue
 from .volume import Volume, check_axis
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
-
 
 @dataclass(frozen=True)
 class PreparedVolume:
@@ -33,19 +34,19 @@ class PreparedVolume:
             rows, cols, self.volume.slice_spacing(axis), self.preprocessing.input_size, self.preprocessing.isotropic
         )
 
-
 @dataclass
 class Prediction:
-    """Masks ``(M, rows, cols)`` at slice resolution, predicted IoU ``(M,)``, model-space logits ``(M, r, r)``."""
+    """Masks ``(M, rows, cols)`` at slice resolution, predicted IoU ``(M,)``, model-space logits ``(M, r, r)``;
+    ``box``: the box (slice pixels) that clicks were resolved to on a box-trained model, else None."""
 
     masks: np.ndarray
     scores: np.ndarray
     low_res_logits: np.ndarray
+    box: Optional[tuple[float, float, float, float]] = None
 
     @property
     def best(self) -> int:
         return int(np.argmax(self.scores))
-
 
 class SlicePredictor:
     """Embeds slices on demand (through the cache and the device queue) and decodes prompts."""
@@ -54,6 +55,7 @@ class SlicePredictor:
         self.backend = backend
         self.cache = cache
         self.queue = queue or DeviceQueue()
+        self.click_search = ClickSearchConfig()
 
     def prepare(self, volume: Volume, window: Optional[str] = None, isotropic: bool = True) -> PreparedVolume:
         """Attach this model's preprocessing (``window`` as in :func:`resolve_window`) to ``volume``."""
@@ -141,15 +143,15 @@ class SlicePredictor:
         prompt_encoder: Optional[torch.nn.Module] = None,
     ) -> Prediction:
         """Decode ``prompts`` on slice ``index`` along ``axis``; masks come back at slice resolution.
-        ``prompt_encoder`` is a learned (SAM-assist) encoder to use instead of the model's own."""
+        ``prompt_encoder`` is a learned (SAM-assist) encoder to use instead of the model's own. On a box-trained
+        model, points without a mask input go through the click search (one mask: ``multimask`` only applies to
+        a box with points, which then go to the decoder as given, as with a mask input)."""
         transform = prepared.transform(axis)
         prompts = prompts.validated(transform.rows, transform.cols)
-        if self.backend.box_only and prompts.box is None and prompt_encoder is None:
-            raise InputError(
-                f"{self.backend.model_id} was trained with box prompts only; points alone give no mask",
-                "draw a box first (points then refine it), or use a SAM model or a learned point prompt encoder",
-            )
         embedding = self.embedding(prepared, axis, index)
+        clicks_only = prompts.box is None or not prompts.multimask  # box + points + multimask: the decoder's 3 masks
+        if self.backend.box_only and prompts.points and prompt_encoder is None and prompts.mask_input is None and clicks_only:
+            return self._predict_clicks(prepared, axis, index, embedding, prompts)
         points = labels = box = mask_input = None
         if prompts.points:
             points = torch.from_numpy(transform.points_to_model(np.asarray(prompts.points))).float()
@@ -163,12 +165,53 @@ class SlicePredictor:
                 raise InputError(f"mask input must be {size}×{size} low-resolution logits, got shape {tuple(mask_input.shape)}")
             mask_input = mask_input.reshape(1, size, size)
         decoded = self.backend.decode(embedding, points, labels, box, mask_input, prompts.multimask, prompt_encoder)
-        slice_logits = transform.logits_to_slice(decoded.low_res_logits)
-        return Prediction(
-            masks=(slice_logits > 0).numpy(),
-            scores=decoded.iou.numpy(),
-            low_res_logits=decoded.low_res_logits.numpy(),
-        )
+        return self._prediction(transform, decoded.low_res_logits, decoded.iou)
+
+    def _predict_clicks(self, prepared: PreparedVolume, axis: int, index: int, embedding: torch.Tensor,
+                        prompts: SlicePrompts) -> Prediction:
+        """Points on a box-trained model (:mod:`.click_search`): the first "+" click finds a box (one batched
+        decode of candidate boxes plus one refining decode); every other click corrects that box's mask, as
+        clicks after a drawn box do."""
+        transform = prepared.transform(axis)
+        if 1 not in prompts.labels and prompts.box is None:
+            raise InputError("\"−\" points alone select nothing", "place a \"+\" point on the object or draw a box")
+        clicks = Clicks.from_labelled(transform.points_to_model(np.asarray(prompts.points)), np.asarray(prompts.labels))
+        bounds = (float(transform.new_cols), float(transform.new_rows))
+
+        def decode(boxes: np.ndarray, grid: torch.Tensor = embedding) -> Decoded:
+            return self.backend.decode(grid, box=torch.from_numpy(np.asarray(boxes, np.float32)))
+
+        def decode_coarse(boxes: np.ndarray) -> Decoded:
+            pool = self.click_search.coarse_pool
+            decoded = decode(boxes, F.avg_pool2d(embedding[None].float(), pool)[0] if pool > 1 else embedding)
+            size = self.backend.mask_input_size
+            logits = F.interpolate(decoded.low_res_logits, size=(size, size), mode="bilinear", align_corners=False)
+            return Decoded(logits, decoded.iou)
+
+        image = prepared.preprocessing.window.apply(prepared.volume.slice(axis, index))
+        resolution = self.backend.mask_input_size
+        model_image = F.interpolate(transform.image_to_model(image)[None], size=(resolution, resolution),
+                                    mode="bilinear", align_corners=False)[0, 0].numpy()
+        box = None if prompts.box is None else transform.box_to_model(np.asarray(prompts.box))
+        if box is None:  # the first "+" click finds the box; every other click corrects it, as after a drawn box
+            context = None
+            if prompts.context is not None:
+                context = (transform.mask_to_model(prompts.context, resolution)[0] > 0).numpy()
+            row_mm, col_mm = prepared.volume.slice_spacing(axis)
+            mm_per_pixel = float(np.sqrt(row_mm * transform.rows / transform.new_rows
+                                         * col_mm * transform.cols / transform.new_cols))
+            first = Clicks(clicks.positive[:1], np.zeros((0, 2)))
+            found = search_clicks(decode, decode_coarse, first, mm_per_pixel, bounds, context, self.click_search)
+            box = found.box
+        if prompts.box is not None or len(clicks.positive) + len(clicks.negative) > 1:
+            found = correct_box(decode, box, clicks, bounds, model_image)
+        prediction = self._prediction(transform, found.logits[None], torch.tensor([found.iou]))
+        prediction.box = tuple(float(v) for v in transform.box_to_slice(found.box))
+        return prediction
+
+    def _prediction(self, transform: InputTransform, low_res_logits: torch.Tensor, iou: torch.Tensor) -> Prediction:
+        slice_logits = transform.logits_to_slice(low_res_logits)
+        return Prediction(masks=(slice_logits > 0).numpy(), scores=iou.numpy(), low_res_logits=low_res_logits.numpy())
 
     def _precompute_batch_size(self, prepared: PreparedVolume, axis: int, pending: list[int]) -> int:
         """1 on the CPU (batching does not speed up CPU encoders); on CUDA as many as half the free memory holds."""

@@ -121,6 +121,10 @@ class InputTransform:
         """``(x0, y0, x1, y1)`` corner pixels → model coordinates."""
         return self.points_to_model(np.asarray(box, dtype=np.float64).reshape(2, 2)).reshape(4)
 
+    def box_to_slice(self, box: np.ndarray) -> np.ndarray:
+        """Model coordinates ``(x0, y0, x1, y1)`` → slice corner pixels."""
+        return self.points_from_model(np.asarray(box, dtype=np.float64).reshape(2, 2)).reshape(4)
+
     def resize(self, image: np.ndarray) -> torch.Tensor:
         """A ``(rows, cols)`` slice → ``(1, new_rows, new_cols)`` float tensor (bilinear)."""
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]

@@ -13,13 +13,16 @@ from ..errors import InputError
 @dataclass(frozen=True)
 class SlicePrompts:
     """Points (``labels`` 1 = foreground, 0 = background), a box ``(x0, y0, x1, y1)`` of corner pixels,
-    and optionally a previous prediction's low-resolution logits as mask input."""
+    optionally a previous prediction's low-resolution logits as mask input, and optionally ``context``: a
+    ``(rows, cols)`` mask the object probably resembles (the segment on the neighbouring slice), which guides
+    the click search of box-trained models."""
 
     points: Sequence[tuple[float, float]] = ()
     labels: Sequence[int] = ()
     box: Optional[tuple[float, float, float, float]] = None
     mask_input: Optional[np.ndarray] = field(default=None, repr=False)
     multimask: bool = False
+    context: Optional[np.ndarray] = field(default=None, repr=False)
 
     def validated(self, rows: int, cols: int) -> "SlicePrompts":
         """Check the prompts against a ``rows × cols`` slice; a box reaching past the edge is clipped."""
@@ -37,7 +40,12 @@ class SlicePrompts:
         box = None if self.box is None else _clip_box(self.box, rows, cols)
         if box is None and not len(points):
             raise InputError("give at least one point or a box")
-        return SlicePrompts([tuple(p) for p in points], list(self.labels), box, self.mask_input, self.multimask)
+        context = None
+        if self.context is not None:
+            context = np.asarray(self.context, dtype=bool)
+            if context.shape != (rows, cols):
+                raise InputError(f"the context mask has shape {context.shape}, the slice is {rows}×{cols}")
+        return SlicePrompts([tuple(p) for p in points], list(self.labels), box, self.mask_input, self.multimask, context)
 
 
 def _clip_box(box: Sequence[float], rows: int, cols: int) -> tuple[float, float, float, float]:
