@@ -11,7 +11,6 @@ its prediction was applied, is running or is still waiting.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
@@ -145,8 +144,6 @@ class Session(SessionWorkflows):
         self._predictions = PredictionQueue()
         self._requests: dict[int, Step] = {}  # ticket → the step its prediction belongs to
         self._upload: Optional[VolumeUpload] = None
-        self._model_box_only: Optional[bool] = None
-        self._lock = threading.Lock()
 
     # selection ---------------------------------------------------------------------------------
     def set_volume(
@@ -411,15 +408,12 @@ class Session(SessionWorkflows):
         options = self._options()
         if self.prompt_encoder:
             options["prompt_encoder"] = self.prompt_encoder
-        learned_points = bool(self.prompt_encoder) and self.prompt_encoder_type in ("point", "composite")
 
         def run() -> Union[SliceResult, str, None]:  # on the prediction thread
-            if on_slice.box is None and (1 not in on_slice.labels or (not learned_points and self._box_only())):
+            if on_slice.box is None and 1 not in on_slice.labels:
                 if quiet:  # nothing left to predict from on a slice a point moved away from: leave it as it is
                     return None
-                return ("draw a box on this slice first: the model needs one, points then refine it"
-                        if not learned_points and self._box_only()
-                        else "place a \"+\" point or a box: \"−\" points alone select nothing")
+                return "place a \"+\" point or a box: \"−\" points alone select nothing"
             result = self.client.predict(self.volume_id, axis, index, on_slice.points, on_slice.labels, on_slice.box,
                                          **options)
             return SliceResult(segmentation, segment_id, axis, index, np.asarray(result.mask, bool))
@@ -454,15 +448,6 @@ class Session(SessionWorkflows):
                 return
             self.worker_down = True
         self._report(str(error))
-
-    def _box_only(self) -> bool:
-        """Whether the model refuses point-only prompts (LiteMedSAM); asked from the worker once (background)."""
-        with self._lock:
-            if self._model_box_only is None:
-                models = self.client.models()
-                chosen = [m for m in models if (m.id == self.model if self.model else m.default)]
-                self._model_box_only = bool(chosen and chosen[0].box_only)
-            return self._model_box_only
 
     # views -------------------------------------------------------------------------------------
     def axis_at(self, ras: Sequence[float]) -> int:

@@ -3,11 +3,9 @@ and stop: test_worker.py::test_real_worker_from_another_python_with_slicers_laun
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
