@@ -19,7 +19,7 @@ from ..engine.backend import SamBackend
 from ..engine.cache import EmbeddingCache
 from ..settings import home_dir
 from .augmentation import AugmentedStems, RandomRotateScale
-from .data import AnnotatedVolume, ClassTable, training_windows
+from .data import AnnotatedVolume, ClassTable, in_canonical_frame, training_windows
 from .features import FeatureSource
 from .preprocessing import preprocessing_for
 from .store import build_model, save_auto_model
@@ -59,9 +59,12 @@ def run_training_job(
     feature_progress: Optional[Callable[[int, int], None]] = None,
     cancel: Optional[threading.Event] = None,
 ) -> TrainedAuto:
-    """Train a ``mode`` model (``hsam``, ``masam``, ``decoder_only``) on the annotated slices of ``volumes`` and
-    store it; ``feature_progress(done, total)`` reports the feature pass, ``progress(step, total, loss)`` training."""
+    """Train a ``mode`` model (``hsam``, ``masam``, ``decoder_only``) on the annotated slices (along ``axis``) of
+    ``volumes``, seen in the canonical frame, and store it; ``feature_progress(done, total)`` reports the feature
+    pass, ``progress(step, total, loss)`` training."""
     config.check()
+    volumes, frame = in_canonical_frame(volumes, axis)
+    axis = frame.axis
     options = dict(options or {})
     model = build_model(mode, backend, classes.num_classes, options)
     preprocessing = preprocessing_for(mode)
@@ -75,5 +78,5 @@ def run_training_job(
     training = {"axis": axis, "volumes": [{"volume": v.volume.content_hash, "slices": list(v.slices)} for v in volumes],
                 "config": asdict(config), "job": fingerprint}
     artefact_id = save_auto_model(model, name or f"{mode}-{'-'.join(classes.names)}", classes, preprocessing, backend,
-                                  record, options, training)
+                                  record, options, training, frame)
     return TrainedAuto(artefact_id, record, checkpoint)

@@ -35,13 +35,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     import time
     from dataclasses import replace
 
+    from ..engine.geometry import load_labels
     from ..engine.volume import load_volume
     from ..evaluation.protocols import EvaluationConfig, evaluate
     from ..evaluation.report import markdown_table, write_csv
     from ..sammed.learned_prompts import PromptTrainingConfig
 
     volume = load_volume(args.volume)
-    labels = load_volume(args.labels).array
+    labels = load_labels(args.labels, volume, "reference labelmap")
     organs = organ_table(args, labels)
     config = EvaluationConfig(train_slices=tuple(args.train_slices), sapnet=not args.no_sapnet, seed=args.seed,
                               max_eval_slices=args.max_slices, training=PromptTrainingConfig(iterations=args.iterations))
