@@ -199,6 +199,15 @@ class CanonicalView:
                                  sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         return sitk.GetArrayFromImage(back)
 
+    def probabilities_to_native(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(C, *canonical shape)`` → class indices on the native grid: each class map resampled
+        linearly in physical space (0 outside the canonical grid), then the most probable class (0 where none)."""
+        reference = self.native.to_sitk(np.zeros(self.native.array.shape, np.uint8))
+        native = np.stack([sitk.GetArrayFromImage(sitk.Resample(
+            self.volume.to_sitk(np.asarray(p, np.float32)), reference, sitk.Transform(), sitk.sitkLinear, 0.0))
+            for p in probabilities])
+        return native.argmax(0).astype(np.uint8 if len(probabilities) < 256 else np.uint16)
+
     def slice_number(self, axis: int, index: int) -> int:
         """The canonical slice (along ``frame.axis``) that is native slice ``index`` along ``axis``."""
         target, flipped = canonical_axis(self.native, axis, self.frame.orientation)
