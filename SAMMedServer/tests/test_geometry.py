@@ -103,3 +103,11 @@ def test_labels_outside_the_image_are_one_clear_error(ct_path, ct_labels_path, t
         errors = [line for line in result.stderr.splitlines() if line.startswith("sammed-server: error:")]
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert len(errors) == 1 and "do not overlap the image in physical space" in errors[0], result.stderr
+
+
+def test_frame_in_the_manifest_and_old_artefacts_without_one(caplog) -> None:
+    frame = CanonicalFrame(axis=1)
+    assert CanonicalFrame.from_manifest({"frame": frame.to_manifest()}) == frame
+    with caplog.at_level(logging.WARNING):
+        assert CanonicalFrame.from_manifest({"id": "liver-123"}) is None  # stored before frames: native slices
+    assert "liver-123 has no canonical frame" in caplog.text

@@ -74,7 +74,9 @@ def run_training_job(
     prepare = AugmentedStems(features, RandomRotateScale()) if config.augment else None
     fingerprint = job_fingerprint(mode, options, classes, volumes, axis, config, backend)
     checkpoint = home_dir() / "training" / f"{mode}-{fingerprint}" / "checkpoint.pt"
-    record = train_auto_model(model, samples, config, checkpoint, resume, progress, cancel, prepare)
+    # balanced per volume: each volume is drawn as often, whatever its number of annotated slices
+    weights = [1 / len(v.slices) for v in volumes for _ in v.slices] if len(volumes) > 1 else None
+    record = train_auto_model(model, samples, config, checkpoint, resume, progress, cancel, prepare, weights)
     training = {"axis": axis, "volumes": [{"volume": v.volume.content_hash, "slices": list(v.slices)} for v in volumes],
                 "config": asdict(config), "job": fingerprint}
     artefact_id = save_auto_model(model, name or f"{mode}-{'-'.join(classes.names)}", classes, preprocessing, backend,

@@ -41,9 +41,10 @@ class Case:
 
 
 def default_cases() -> list[Case]:
-    """Small structures of ``../shared/data`` (three head-and-neck CTs, three ES cardiac MRs) and the sample CT's organs."""
+    """Small structures of ``../shared/data`` (the two head-and-neck CTs with a larynx contour, three end-systole
+    cardiac MRs) and the sample CT's organs."""
     cases = []
-    for n in (1, 4, 5):
+    for n in (4, 5):
         for value, name in ((3, "right parotid"), (4, "left parotid"), (6, "larynx")):
             cases.append(Case("openkbp", f"openkbp-headneck-ct/pt_{n}_ct.nii.gz", f"openkbp-headneck-ct/pt_{n}_oars.nii.gz",
                               value, name, "40,400"))
@@ -68,7 +69,7 @@ class Trace:
     values: PreparedVolume
 
 
-def trace(predictor: SlicePredictor, case: Case, data: Path, reach: int = 6) -> Optional[Trace]:
+def trace(predictor: SlicePredictor, case: Case, data: Path, reach: int = 4) -> Optional[Trace]:
     """The permissive run of ``case`` (None when the structure is absent)."""
     volume = load_volume(data / case.image)
     reference = load_volume(data / case.labels).array == case.value
