@@ -85,7 +85,10 @@ def test_stops_past_the_end_of_the_organ(predictor, ct):
     last = int(np.nonzero(kidney.any(axis=(1, 2)))[0].max())  # slice 18; slices 19..29 have no kidney
     result = propagate(predictor, prepared, 2, last - 1, kidney[last - 1], "up")
     assert last in result.masks and max(result.masks) <= last + 1, result.stopped
-    assert result.stopped["up"].startswith("intensity"), result.stopped
+    assert result.stopped["up"].startswith("predicted IoU 0.64 dropped"), result.stopped  # the IoU-trend rule
+    without_trend = propagate(predictor, prepared, 2, last - 1, kidney[last - 1], "up",
+                              PropagationConfig(max_iou_drop=None))
+    assert max(without_trend.masks) <= last + 1 and without_trend.stopped["up"].startswith("intensity")
     strict = propagate(predictor, prepared, 2, last - 1, kidney[last - 1], "up", PropagationConfig(min_iou=0.99))
     assert strict.masks == {} and strict.stopped["up"].startswith("predicted IoU 0.9") and "< 0.99" in strict.stopped["up"]
 
