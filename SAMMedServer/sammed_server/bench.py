@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .engine.cache import EmbeddingCache
+from .engine.geometry import load_labels
 from .engine.predictor import SlicePredictor
 from .engine.prompts import SlicePrompts
 from .engine.registry import load_backend
@@ -93,7 +94,8 @@ def prompt_training_bench(
     from .evaluation.prompt_simulation import largest_slice
     from .sammed.learned_prompts import PromptTrainingConfig, train_prompt_encoder
 
-    volume, labels = load_volume(volume_path), load_volume(labels_path).array
+    volume = load_volume(volume_path)
+    labels = load_labels(labels_path, volume, "reference labelmap")
     values, counts = np.unique(labels[labels > 0], return_counts=True)
     target = labels == values[np.argmax(counts)]
     slices = [k for k in range(target.shape[0]) if target[k].any()]
@@ -121,7 +123,8 @@ def auto_model_bench(
     from .adapted.store import build_model
     from .adapted.training import AutoTrainingConfig, train_auto_model
 
-    volume, labels = load_volume(volume_path), load_volume(labels_path).array
+    volume = load_volume(volume_path)
+    labels = load_labels(labels_path, volume, "reference labelmap")
     values, counts = np.unique(labels[labels > 0], return_counts=True)
     largest = values[np.argsort(counts)[::-1][:4]]
     classes = parse_classes(",".join(f"{v}=label_{v}" for v in largest), None)

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from .engine.predictor import PreparedVolume, SlicePredictor
 from .engine.prompts import SlicePrompts
+from .engine.geometry import load_labels
 from .engine.segmentation_file import Segment, default_color, write_segmentation
 from .engine.volume import Volume, load_volume
 from .errors import InputError
@@ -57,9 +58,7 @@ def run_demo(
             "to segment your own volume from your own boxes use `sammed-server segment VOLUME --box ... --slice K`",
         )
     volume = load_volume(volume_path)
-    labels = load_volume(reference_path).array
-    if labels.shape != volume.array.shape:
-        raise InputError(f"the reference labelmap has shape {labels.shape}, the volume {volume.array.shape}")
+    labels = load_labels(reference_path, volume, "reference labelmap")
     organs = organs or _organs_present(labels)
     prepared = predictor.prepare(volume)
     predictor.precompute(prepared, AXIS, progress=progress)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sammed_server.engine.propagation import PropagationConfig, centre_points, propagate
+from sammed_server.engine.propagation import PropagationConfig, centre_points, propagate, stop_reason
 from sammed_server.engine.volume import load_volume
 from sammed_server.errors import CancelledError, InputError
 from sammed_server.evaluation.metrics import dice
@@ -45,6 +45,23 @@ def test_centre_points_pick_the_deepest_pixel_of_the_largest_parts():
     assert centre_points(mask, 1) == points[:1]
 
 
+def test_stop_rules_for_small_structures():
+    """A new mask off the previous one (SAM jumped to a neighbour) or a predicted IoU falling below the recent ones
+    stops; the same mask with a steady IoU passes. Intensity test off (values equal)."""
+    previous = np.zeros((40, 40), bool)
+    previous[10:20, 10:20] = True
+    moved = np.roll(previous, 12, axis=1)
+    values, start = np.ones(100), (1.0, 1.0)
+    config = PropagationConfig()
+    assert stop_reason(previous, previous, 0.93, [0.95, 0.94, 0.96], config, values, start) == ""
+    assert stop_reason(previous, moved, 0.95, [0.95], config, values, start).startswith("overlap with the previous")
+    assert stop_reason(previous, np.roll(previous, 4, axis=1), 0.95, [], config, values, start) == ""  # 60 % on it
+    assert stop_reason(previous, previous, 0.80, [0.95, 0.94, 0.96], config, values, start).startswith(
+        "predicted IoU 0.80 dropped")
+    assert stop_reason(previous, previous, 0.80, [0.95], PropagationConfig(max_iou_drop=None), values, start) == ""
+    assert stop_reason(previous, moved, 0.95, [], PropagationConfig(min_overlap=0.0), values, start) == ""
+
+
 def test_liver_propagates_through_the_volume(predictor, ct):
     prepared, labels = ct
     liver = labels == LIVER
@@ -68,7 +85,10 @@ def test_stops_past_the_end_of_the_organ(predictor, ct):
     last = int(np.nonzero(kidney.any(axis=(1, 2)))[0].max())  # slice 18; slices 19..29 have no kidney
     result = propagate(predictor, prepared, 2, last - 1, kidney[last - 1], "up")
     assert last in result.masks and max(result.masks) <= last + 1, result.stopped
-    assert result.stopped["up"].startswith("intensity"), result.stopped
+    assert result.stopped["up"].startswith("predicted IoU 0.64 dropped"), result.stopped  # the IoU-trend rule
+    without_trend = propagate(predictor, prepared, 2, last - 1, kidney[last - 1], "up",
+                              PropagationConfig(max_iou_drop=None))
+    assert max(without_trend.masks) <= last + 1 and without_trend.stopped["up"].startswith("intensity")
     strict = propagate(predictor, prepared, 2, last - 1, kidney[last - 1], "up", PropagationConfig(min_iou=0.99))
     assert strict.masks == {} and strict.stopped["up"].startswith("predicted IoU 0.9") and "< 0.99" in strict.stopped["up"]
 
@@ -118,6 +138,8 @@ def test_cancel(predictor, ct):
     (20, "liver", "sideways", PropagationConfig(), "direction"),
     (20, "liver", "up", PropagationConfig(min_iou=1.5), "min_iou"),
     (20, "liver", "up", PropagationConfig(max_area_ratio=0.5), "area ratios"),
+    (20, "liver", "up", PropagationConfig(min_overlap=1.5), "min_overlap"),
+    (20, "liver", "up", PropagationConfig(max_iou_drop=0.0), "max_iou_drop"),
 ])
 def test_bad_input(predictor, ct, start, mask, direction, config, message):
     prepared, labels = ct

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..engine.geometry import CanonicalFrame
 from ..engine.segmentation_file import default_color
 from ..engine.volume import Volume, slice_index
 from ..errors import CancelledError, InputError
@@ -111,6 +112,21 @@ class AnnotatedVolume:
         if self.labels.shape != self.volume.array.shape:
             raise InputError(f"the labelmap has shape {self.labels.shape}, the volume {self.volume.array.shape}",
                              "give each image its own labelmap on the same grid")
+
+
+def in_canonical_frame(volumes: Sequence[AnnotatedVolume], axis: int) -> tuple[list[AnnotatedVolume], CanonicalFrame]:
+    """The annotated volumes (slices along their own ``axis``) seen in the canonical frame, and that frame; all must
+    be sliced along the same anatomical axis."""
+    frames = [CanonicalFrame.for_volume(item.volume, axis) for item in volumes]
+    if len({frame.axis for frame in frames}) > 1:
+        raise InputError(f"axis {axis} is not the same anatomical axis in every training volume "
+                         f"(canonical axes {[frame.axis for frame in frames]})", "train on one plane, e.g. axial")
+    seen = []
+    for item, frame in zip(volumes, frames):
+        view = frame.view(item.volume)
+        slices = tuple(sorted(view.slice_number(axis, k) for k in item.slices))
+        seen.append(AnnotatedVolume(view.volume, view.to_canonical(item.labels), slices))
+    return seen, frames[0]
 
 
 def training_windows(volumes: Sequence[AnnotatedVolume], classes: ClassTable, features: FeatureSource,

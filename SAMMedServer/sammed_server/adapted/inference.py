@@ -15,6 +15,7 @@ import torch
 
 from ..engine.backend import SamBackend
 from ..engine.cache import EmbeddingCache, StoreKey
+from ..engine.geometry import CanonicalFrame
 from ..engine.segmentation_file import Segment
 from ..engine.volume import Volume, check_axis, slice_index
 from ..errors import CancelledError
@@ -119,12 +120,22 @@ class StoredAutoModel:
         self.features = FeatureSource(backend, manifest_preprocessing(manifest), cache,
                                       frozen_encoder=self.model.frozen_encoder)
         self.key = (manifest["id"], manifest["weights_sha256"])
+        self.frame = CanonicalFrame.from_manifest(manifest)
 
     def segment(self, volume: Volume, axis: int = 2, progress: Optional[Callable[[int, int], None]] = None,
                 cancel: Optional[threading.Event] = None) -> list[Segment]:
-        """One named, coloured segment per organ."""
-        predicted = predict_classes(self.model, self.features, volume, axis, self.key, progress=progress,
-                                    cancel=cancel)
+        """One named, coloured segment per organ on ``volume``'s grid. A model with a canonical frame segments
+        ``volume`` seen in it (``axis`` is then its own); older ones segment ``volume``'s slices along ``axis``."""
+        if self.frame is None:
+            predicted = predict_classes(self.model, self.features, volume, axis, self.key, progress=progress,
+                                        cancel=cancel)
+        else:
+            view = self.frame.view(volume)
+            probabilities = np.zeros((self.model.num_classes, *view.volume.array.shape), np.float32)
+            for k, p in slice_probabilities(self.model, self.features, view.volume, self.frame.axis, self.key,
+                                            progress=progress, cancel=cancel).items():
+                probabilities[(slice(None), *slice_index(self.frame.axis, k))] = p.numpy()
+            predicted = view.probabilities_to_native(probabilities)
         return [Segment(name, predicted == i + 1, tuple(color))
                 for i, (name, color) in enumerate(zip(self.classes.names, self.classes.colors))]
 
@@ -138,5 +149,6 @@ def segment_with_auto_model(
     progress: Optional[Callable[[int, int], None]] = None,
     cancel: Optional[threading.Event] = None,
 ) -> list[Segment]:
-    """Segment ``volume`` with the stored automatic model ``artefact_id``: one named, coloured segment per organ."""
+    """Segment ``volume`` with the stored automatic model ``artefact_id``: one named, coloured segment per organ on
+    ``volume``'s grid (see :meth:`StoredAutoModel.segment`)."""
     return StoredAutoModel(artefact_id, backend, cache).segment(volume, axis, progress, cancel)

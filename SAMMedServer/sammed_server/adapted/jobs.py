@@ -19,7 +19,7 @@ from ..engine.backend import SamBackend
 from ..engine.cache import EmbeddingCache
 from ..settings import home_dir
 from .augmentation import AugmentedStems, RandomRotateScale
-from .data import AnnotatedVolume, ClassTable, training_windows
+from .data import AnnotatedVolume, ClassTable, in_canonical_frame, training_windows
 from .features import FeatureSource
 from .preprocessing import preprocessing_for
 from .store import build_model, save_auto_model
@@ -59,9 +59,12 @@ def run_training_job(
     feature_progress: Optional[Callable[[int, int], None]] = None,
     cancel: Optional[threading.Event] = None,
 ) -> TrainedAuto:
-    """Train a ``mode`` model (``hsam``, ``masam``, ``decoder_only``) on the annotated slices of ``volumes`` and
-    store it; ``feature_progress(done, total)`` reports the feature pass, ``progress(step, total, loss)`` training."""
+    """Train a ``mode`` model (``hsam``, ``masam``, ``decoder_only``) on the annotated slices (along ``axis``) of
+    ``volumes``, seen in the canonical frame, and store it; ``feature_progress(done, total)`` reports the feature
+    pass, ``progress(step, total, loss)`` training."""
     config.check()
+    volumes, frame = in_canonical_frame(volumes, axis)
+    axis = frame.axis
     options = dict(options or {})
     model = build_model(mode, backend, classes.num_classes, options)
     preprocessing = preprocessing_for(mode)
@@ -71,9 +74,11 @@ def run_training_job(
     prepare = AugmentedStems(features, RandomRotateScale()) if config.augment else None
     fingerprint = job_fingerprint(mode, options, classes, volumes, axis, config, backend)
     checkpoint = home_dir() / "training" / f"{mode}-{fingerprint}" / "checkpoint.pt"
-    record = train_auto_model(model, samples, config, checkpoint, resume, progress, cancel, prepare)
+    # balanced per volume: each volume is drawn as often, whatever its number of annotated slices
+    weights = [1 / len(v.slices) for v in volumes for _ in v.slices] if len(volumes) > 1 else None
+    record = train_auto_model(model, samples, config, checkpoint, resume, progress, cancel, prepare, weights)
     training = {"axis": axis, "volumes": [{"volume": v.volume.content_hash, "slices": list(v.slices)} for v in volumes],
                 "config": asdict(config), "job": fingerprint}
     artefact_id = save_auto_model(model, name or f"{mode}-{'-'.join(classes.names)}", classes, preprocessing, backend,
-                                  record, options, training)
+                                  record, options, training, frame)
     return TrainedAuto(artefact_id, record, checkpoint)

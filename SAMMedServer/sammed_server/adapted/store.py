@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from ..artefacts import load_artefact, save_artefact
 from ..engine.backend import SamBackend
+from ..engine.geometry import CanonicalFrame
 from ..errors import InputError
 from .base import AutoSegModel
 from .data import ClassTable
@@ -40,7 +41,7 @@ def build_model(mode: str, backend: SamBackend, num_classes: int, options: Optio
 
 def save_auto_model(model: AutoSegModel, name: str, classes: ClassTable, preprocessing: PaperPreprocessing,
                     backend: SamBackend, record: TrainingRecord, options: dict[str, Any],
-                    training: dict[str, Any]) -> str:
+                    training: dict[str, Any], frame: Optional[CanonicalFrame] = None) -> str:
     """Store ``model``'s trainable weights and everything needed to rebuild and use it; returns the artefact id."""
     manifest = {
         "mode": model.mode,
@@ -49,6 +50,7 @@ def save_auto_model(model: AutoSegModel, name: str, classes: ClassTable, preproc
         "options": options,
         "classes": classes.to_manifest(),
         "preprocessing": preprocessing.describe(),
+        "frame": frame.to_manifest() if frame else None,
         "base_model": backend.model_id,
         "base_weights_sha256": backend.weights_sha256,
         "input_size": backend.input_size,

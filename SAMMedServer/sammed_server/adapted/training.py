@@ -70,6 +70,7 @@ def train_auto_model(
     progress: Optional[ProgressFn] = None,
     cancel: Optional[threading.Event] = None,
     prepare: Optional[BatchPreparation] = None,
+    weights: Optional[Sequence[float]] = None,
 ) -> TrainingRecord:
     """Train ``model``'s trainable parameters on ``samples`` (``(features (T, ...), labels (T, S, S))`` pairs).
 
@@ -77,6 +78,7 @@ def train_auto_model(
     existing one is loaded first. ``prepare`` maps each batch of sample inputs and labels to model inputs (e.g.
     ``augmentation.AugmentedStems`` on image samples), drawing from the checkpointed generator so that a resumed
     run stays exact. ``cancel`` stops between steps (after checkpointing) with :class:`CancelledError`.
+    ``weights`` (one per sample) make some samples likelier to be drawn (None: uniform).
     """
     config.check()
     if not samples:
@@ -98,7 +100,9 @@ def train_auto_model(
                                  "resume it later with --resume" if checkpoint else "")
         for group in optimiser.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (record.steps + 1) / max(config.warmup, 1))
-        picks = torch.randint(len(samples), (config.batch_size,), generator=generator).tolist()
+        picks = (torch.randint(len(samples), (config.batch_size,), generator=generator) if weights is None else
+                 torch.multinomial(torch.tensor(weights, dtype=torch.float64), config.batch_size, True,
+                                   generator=generator)).tolist()
         stems = torch.stack([samples[i][0] for i in picks]).to(device)
         labels = torch.stack([samples[i][1] for i in picks]).to(device)
         if prepare is not None:

@@ -75,12 +75,14 @@ def train(state: WorkerState, volume_id: str, request: TrainRequest) -> Job:
         return _trained(artefact_id, "prompt_encoders", trained.losses, trained.seconds, slices)
 
     def run_sapnet(ctx: JobContext) -> dict[str, Any]:
-        from ..sammed.sapnet import SAPNetConfig, save_sapnet, train_sapnet
+        from ..sammed.canonical import train_sapnet_canonical
+        from ..sammed.sapnet import SAPNetConfig, save_sapnet
 
         config = SAPNetConfig(iterations=request.iterations) if request.iterations else SAPNetConfig()
-        ctx.log(f"training a SAP-Net for {request.name!r} on slices {slices}")
-        trained = train_sapnet(predictor, prepared, axis, annotations, config, on_step(ctx), ctx.cancel_event)
-        artefact_id = save_sapnet(trained, request.name, prepared, axis, slices, predictor)
+        ctx.log(f"training a SAP-Net for {request.name!r} on slices {slices} (in the canonical frame)")
+        trained, canonical, canonical_slices = train_sapnet_canonical(
+            predictor, prepared.volume, axis, annotations, request.window, config, on_step(ctx), ctx.cancel_event)
+        artefact_id = save_sapnet(trained, request.name, canonical, trained.frame.axis, canonical_slices, predictor)
         return _trained(artefact_id, "sapnets", trained.losses, trained.seconds, slices)
 
     run = run_prompt_encoder if request.kind == "prompt_encoder" else run_sapnet
@@ -140,7 +142,7 @@ def auto_segment(state: WorkerState, volume_id: str, request: AutoSegmentRequest
 
 def _sapnet_job(state: WorkerState, predictor: SlicePredictor, prepared: PreparedVolume,
                 request: AutoSegmentRequest, annotations: dict[int, np.ndarray]) -> Job:
-    from ..sammed.auto_segment import auto_segment as run_auto_segment
+    from ..sammed.canonical import auto_segment_native
     from ..sammed.sapnet import load_sapnet
 
     sapnet = load_sapnet(request.artefact, predictor.backend)
@@ -150,9 +152,9 @@ def _sapnet_job(state: WorkerState, predictor: SlicePredictor, prepared: Prepare
 
     def run(ctx: JobContext) -> dict[str, Any]:
         ctx.log(f"auto-segmenting {name!r} with SAP-Net {request.artefact} ({prompt} prompts)")
-        result = run_auto_segment(
-            predictor, prepared, request.axis, sapnet, annotations, prompt_encoder=encoder, prompt=prompt,
-            progress=lambda done, total: ctx.progress(done, total), cancel=ctx.cancel_event,
+        result = auto_segment_native(
+            predictor, prepared.volume, sapnet, request.axis, annotations, request.window, prompt_encoder=encoder,
+            prompt=prompt, progress=lambda done, total: ctx.progress(done, total), cancel=ctx.cancel_event,
         )
         ctx.log(f"{len(result.predicted_iou)} slice(s) segmented from SAP-Net prompts")
         return {"labels": [{"value": 1, "name": name, "color": None}],

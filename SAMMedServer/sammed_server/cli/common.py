@@ -107,16 +107,17 @@ def loss_bar(description: str, total: Optional[int]):
     return bar, update
 
 
-def annotated_slices(args: argparse.Namespace, predictor):
-    """The volume prepared for ``predictor`` and ``{slice: label == args.label}`` on ``args.slices``."""
+def annotated_slices(args: argparse.Namespace):
+    """The volume and ``{slice: label == args.label}`` on ``args.slices`` (labels checked against the volume)."""
+    from ..engine.geometry import load_labels
     from ..engine.volume import load_volume, slice_index
 
     volume = load_volume(args.volume)
-    labels = load_volume(args.labels).array
-    if labels.shape != volume.array.shape:
-        raise InputError(f"the labelmap has shape {labels.shape}, the volume {volume.array.shape}")
-    annotations = {k: labels[slice_index(args.axis, k)] == args.label for k in args.slices}
-    return predictor.prepare(volume, args.window), annotations
+    labels = load_labels(args.labels, volume)
+    count = volume.num_slices(args.axis)
+    if not all(0 <= k < count for k in args.slices):
+        raise InputError(f"--slices must lie in 0..{count - 1}")
+    return volume, {k: labels[slice_index(args.axis, k)] == args.label for k in args.slices}
 
 
 def organ_table(args: argparse.Namespace, labels) -> dict[str, int]:

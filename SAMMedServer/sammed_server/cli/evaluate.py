@@ -70,6 +70,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     import time
     from dataclasses import replace
 
+    from ..engine.geometry import load_labels
     from ..engine.volume import load_volume
     from ..evaluation.protocols import EvaluationConfig, evaluate
     from ..evaluation.report import markdown_table, write_csv
@@ -78,7 +79,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.clicks is not None:
         return _evaluate_clicks(args)
     volume = load_volume(args.volume)
-    labels = load_volume(args.labels).array
+    labels = load_labels(args.labels, volume, "reference labelmap")
     organs = organ_table(args, labels)
     config = EvaluationConfig(train_slices=tuple(args.train_slices), sapnet=not args.no_sapnet, seed=args.seed,
                               max_eval_slices=args.max_slices, training=PromptTrainingConfig(iterations=args.iterations))

@@ -82,7 +82,7 @@ def _segment_sapnet(args: argparse.Namespace) -> None:
     from ..artefacts import read_manifest
     from ..engine.segmentation_file import Segment, default_color, write_segmentation
     from ..engine.volume import load_volume
-    from ..sammed.auto_segment import auto_segment
+    from ..sammed.canonical import auto_segment_native
     from ..sammed.sapnet import load_sapnet
 
     predictor = make_predictor(args)
@@ -94,11 +94,10 @@ def _segment_sapnet(args: argparse.Namespace) -> None:
         encoder = load_prompt_encoder(args.prompt_encoder, predictor.backend)
         prompt = read_manifest("prompt_encoders", args.prompt_encoder)["prompt_type"]
     volume = load_volume(args.volume)
-    prepared = predictor.prepare(volume, args.window)
     bar, update = progress_bar(f"SAM-auto {args.volume.name}", "step")
     with bar:
-        result = auto_segment(predictor, prepared, args.axis, sapnet, prompt_encoder=encoder, prompt=prompt,
-                              progress=update)
+        result = auto_segment_native(predictor, volume, sapnet, args.axis, window=args.window, prompt_encoder=encoder,
+                                     prompt=prompt, progress=update)
     color = tuple(args.color) if args.color else default_color(0)
     path = write_segmentation(volume, [Segment(sapnet.name, result.mask, color)], args.output)
     print(f"{sapnet.name}: {int(result.mask.sum())} voxels on {len(result.prompts)} slice(s) ({prompt} prompts) -> {path}")

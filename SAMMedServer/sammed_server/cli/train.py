@@ -79,7 +79,8 @@ def _train_prompt_encoder(args: argparse.Namespace) -> None:
     )
 
     predictor = make_predictor(args)
-    prepared, annotations = annotated_slices(args, predictor)
+    volume, annotations = annotated_slices(args)
+    prepared = predictor.prepare(volume, args.window)
     config = PromptTrainingConfig(prompt_type=args.prompt_type, scheme=args.scheme,
                                   iterations=args.iterations or PromptTrainingConfig.iterations)
     bar, update = loss_bar("training prompt encoder", config.iterations)
@@ -92,16 +93,18 @@ def _train_prompt_encoder(args: argparse.Namespace) -> None:
 
 
 def _train_sapnet(args: argparse.Namespace) -> None:
-    from ..sammed.sapnet import SAPNetConfig, save_sapnet, train_sapnet
+    from ..sammed.canonical import train_sapnet_canonical
+    from ..sammed.sapnet import SAPNetConfig, save_sapnet
 
     predictor = make_predictor(args)
-    prepared, annotations = annotated_slices(args, predictor)
+    volume, annotations = annotated_slices(args)
     config = SAPNetConfig(iterations=args.iterations, beta=args.beta).check()
     bar, update = loss_bar("training SAP-Net", config.iterations)
     with bar:
-        trained = train_sapnet(predictor, prepared, args.axis, annotations, config, update)
+        trained, prepared, slices = train_sapnet_canonical(predictor, volume, args.axis, annotations, args.window,
+                                                           config, update)
     name = args.name or f"label_{args.label}"
-    artefact_id = save_sapnet(trained, name, prepared, args.axis, sorted(annotations), predictor)
+    artefact_id = save_sapnet(trained, name, prepared, trained.frame.axis, slices, predictor)
     print(f"{artefact_id}: SAP-Net for {name}, {len(annotations)} slice(s), {trained.seconds:.0f} s, "
           f"loss {trained.losses[0]:.3f} -> {trained.losses[-1]:.3f}")
 
@@ -111,6 +114,7 @@ def _train_auto(args: argparse.Namespace) -> None:
     from ..adapted.jobs import run_training_job
     from ..adapted.store import DEFAULT_LEARNING_RATES
     from ..adapted.training import AutoTrainingConfig
+    from ..engine.geometry import load_labels
     from ..engine.volume import load_volume
 
     if len(args.images) != len(args.labels):
@@ -120,7 +124,8 @@ def _train_auto(args: argparse.Namespace) -> None:
     classes = parse_classes(args.classes, args.label_names, [p.name for p in args.labels])
     volumes = []
     for image_path, labels_path in zip(args.images, args.labels):
-        volume, labels = load_volume(image_path), load_volume(labels_path).array
+        volume = load_volume(image_path)
+        labels = load_labels(labels_path, volume, f"labels of {image_path.name}")
         count = volume.num_slices(args.axis)
         if args.slices is not None and not all(0 <= k < count for k in args.slices):
             raise InputError(f"--slices must lie in 0..{count - 1} for {image_path.name}")

@@ -48,6 +48,8 @@ class PropagationConfig:
     min_area_ratio: float = 0.2  # stop when area / previous area leaves [min, max]
     max_area_ratio: float = 2.5
     max_intensity_z: Optional[float] = 3.0  # λ: stop when |mean − start mean| > λ · start sd (None: off)
+    min_overlap: float = 0.5  # stop when less than this share of the new mask lies on the previous slice's mask
+    max_iou_drop: Optional[float] = 0.1  # stop when the predicted IoU falls this far below the mean of the last 3
     max_slices: Optional[int] = None  # per direction; None = until the stop test or the volume's end
 
     def check(self) -> "PropagationConfig":
@@ -59,6 +61,10 @@ class PropagationConfig:
             raise InputError("area ratios need 0 ≤ min_area_ratio < 1 < max_area_ratio")
         if self.max_intensity_z is not None and self.max_intensity_z <= 0:
             raise InputError(f"max_intensity_z must be positive (or None), got {self.max_intensity_z}")
+        if not 0 <= self.min_overlap <= 1:
+            raise InputError(f"min_overlap must lie in [0, 1], got {self.min_overlap}")
+        if self.max_iou_drop is not None and self.max_iou_drop <= 0:
+            raise InputError(f"max_iou_drop must be positive (or None), got {self.max_iou_drop}")
         if self.max_slices is not None and self.max_slices < 1:
             raise InputError(f"max_slices must be ≥ 1 (or None), got {self.max_slices}")
         return self
@@ -123,7 +129,7 @@ def propagate(
     total = sum(min(limit, count - 1 - start_index if w == "up" else start_index) for w in walks)
     result = PropagationResult()
     for walk in walks:
-        previous, logits, index, taken = mask, start_logits, start_index + steps[walk], 0
+        previous, logits, index, taken, scores = mask, start_logits, start_index + steps[walk], 0, []
         while True:
             if not 0 <= index < count:
                 result.stopped[walk] = "end of volume"
@@ -137,14 +143,14 @@ def propagate(
             prediction = predictor.predict(prepared, axis, index, prompts, prompt_encoder)
             best = prediction.best
             current, score = prediction.masks[best], float(prediction.scores[best])
-            reason = _stop_reason(previous, current, score, config)
-            if not reason and config.max_intensity_z is not None:
-                reason = _intensity_reason(prepared.volume.slice(axis, index)[current], intensity, config.max_intensity_z)
+            reason = stop_reason(previous, current, score, scores, config, prepared.volume.slice(axis, index)[current],
+                                 intensity)
             if reason:
                 result.stopped[walk] = reason
                 break
             result.masks[index], result.scores[index] = current, score
             previous, logits = current, prediction.low_res_logits[best][None]
+            scores.append(score)
             index, taken = index + steps[walk], taken + 1
             if progress:
                 progress(len(result.masks), total, score)
@@ -175,8 +181,10 @@ def centre_points(mask: np.ndarray, max_points: int = 5) -> list[tuple[float, fl
     return points
 
 
-def _stop_reason(previous: np.ndarray, current: np.ndarray, score: float, config: PropagationConfig) -> str:
-    """Why ``current`` must not be kept (empty string when it passes)."""
+def stop_reason(previous: np.ndarray, current: np.ndarray, score: float, kept_scores: list[float],
+                config: PropagationConfig, values: np.ndarray, start_intensity: tuple[float, float]) -> str:
+    """Why ``current`` (predicted IoU ``score``; ``values``: the slice's intensities under it) must not be kept after
+    ``previous``, given the predicted IoUs of the slices kept so far in this direction (empty string: it passes)."""
     area = int(current.sum())
     if area == 0:
         return "empty mask"
@@ -187,6 +195,15 @@ def _stop_reason(previous: np.ndarray, current: np.ndarray, score: float, config
         return f"area ratio {ratio:.1f} > {config.max_area_ratio:g}"
     if ratio < config.min_area_ratio:
         return f"area ratio {ratio:.2f} < {config.min_area_ratio:g}"
+    overlap = int(np.count_nonzero(current & previous)) / area
+    if overlap < config.min_overlap:
+        return f"overlap with the previous slice {overlap:.2f} < {config.min_overlap:g}"
+    if config.max_iou_drop is not None and kept_scores:
+        recent = float(np.mean(kept_scores[-3:]))
+        if score < recent - config.max_iou_drop:
+            return f"predicted IoU {score:.2f} dropped below the recent {recent:.2f} − {config.max_iou_drop:g}"
+    if config.max_intensity_z is not None:
+        return _intensity_reason(values, start_intensity, config.max_intensity_z)
     return ""
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..artefacts import load_artefact, save_artefact
 from ..engine.backend import SamBackend
+from ..engine.geometry import CanonicalFrame
 from ..engine.predictor import PreparedVolume, SlicePredictor
 from ..engine.preprocessing import InputTransform
 from ..engine.volume import slice_index
@@ -108,7 +109,8 @@ def prototype_logits(features: torch.Tensor, prototypes: torch.Tensor, scale: fl
 @dataclass
 class TrainedSAPNet:
     """A trained SAP-Net, its ``(2, C)`` [background, foreground] prototypes from all annotated slices,
-    the training record, and the target name (set when saved or loaded)."""
+    the training record, the target name (set when saved or loaded) and the canonical frame it learned in (None:
+    the native slices of its training volume, as artefacts stored before frames existed)."""
 
     module: SAPNet
     prototypes: torch.Tensor
@@ -116,6 +118,7 @@ class TrainedSAPNet:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     name: str = ""
+    frame: Optional[CanonicalFrame] = None
 
 
 @dataclass
@@ -296,6 +299,7 @@ def save_sapnet(trained: TrainedSAPNet, name: str, prepared: PreparedVolume, axi
         "target": name,
         "config": asdict(trained.config),
         "preprocessing": prepared.preprocessing.describe(),
+        "frame": trained.frame.to_manifest() if trained.frame else None,
         "training": {"volume": prepared.volume.content_hash, "axis": axis, "slices": sorted(slices),
                      "seconds": round(trained.seconds, 2), "losses": [round(v, 4) for v in trained.losses]},
     }
@@ -312,5 +316,6 @@ def load_sapnet(artefact_id: str, backend: SamBackend) -> TrainedSAPNet:
     module.eval().requires_grad_(False)
     training = manifest.get("training", {})
     return TrainedSAPNet(module, state["prototypes"].float(), config, list(training.get("losses", [])),
-                         float(training.get("seconds", 0.0)), manifest.get("target", manifest.get("name", "")))
+                         float(training.get("seconds", 0.0)), manifest.get("target", manifest.get("name", "")),
+                         CanonicalFrame.from_manifest(manifest))
 
