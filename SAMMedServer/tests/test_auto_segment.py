@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
-from sammed_server.engine.volume import load_volume
 from sammed_server.errors import InputError
 from sammed_server.evaluation.metrics import dice
 from sammed_server.engine.propagation import centre_points
@@ -24,16 +22,6 @@ def evenly_inside(reference: np.ndarray, count: int) -> list[int]:
     present = np.nonzero(reference.any(axis=(1, 2)))[0]
     low, high = present.min(), present.max()
     return [int(round(low + (high - low) * (2 * i + 1) / (2 * count))) for i in range(count)]
-
-
-@pytest.fixture(scope="module")
-def labels(ct_labels_path):
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(ct_labels_path)))
-
-
-@pytest.fixture(scope="module")
-def prepared(predictor, ct_path):
-    return predictor.prepare(load_volume(ct_path))
 
 
 @pytest.mark.parametrize("organ", sorted(ORGANS))

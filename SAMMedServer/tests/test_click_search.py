@@ -19,7 +19,6 @@ from sammed_server.api.schemas import EncodedArray
 from sammed_server.api.service import Service
 from sammed_server.engine.click_search import Clicks, box_variants, candidate_boxes
 from sammed_server.engine.prompts import SlicePrompts
-from sammed_server.engine.volume import load_volume
 from sammed_server.errors import InputError
 from sammed_server.evaluation.clicks import centre_click
 from sammed_server.evaluation.metrics import dice
@@ -29,16 +28,6 @@ from sammed_server.evaluation.protocols import corrective_click
 # organ: (label, slice, 1-click Dice floor). Measured with the default search: liver 0.968, spleen 0.92,
 # kidney_right 0.97, gallbladder 0.95 (docs/clicks.md); the floors leave room for float noise across CPUs.
 ONE_CLICK = {"liver": (5, 24, 0.92), "spleen": (1, 23, 0.85), "kidney_right": (2, 10, 0.90), "gallbladder": (4, 8, 0.88)}
-
-
-@pytest.fixture(scope="module")
-def prepared(predictor, ct_path):
-    return predictor.prepare(load_volume(ct_path))
-
-
-@pytest.fixture(scope="module")
-def labels(ct_labels_path):
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(ct_labels_path)))
 
 
 def reference(labels, organ: str) -> np.ndarray:

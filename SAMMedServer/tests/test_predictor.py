@@ -6,7 +6,6 @@ import threading
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy import ndimage
 
 from sammed_server.engine.prompts import SlicePrompts
@@ -16,16 +15,6 @@ from sammed_server.evaluation.metrics import dice
 from sammed_server.evaluation.prompt_simulation import largest_slice, tight_box
 
 ORGANS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "stomach": 6, "gallbladder": 4}
-
-
-@pytest.fixture(scope="module")
-def prepared(predictor, ct_path):
-    return predictor.prepare(load_volume(ct_path))
-
-
-@pytest.fixture(scope="module")
-def labels(ct_labels_path):
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(ct_labels_path)))
 
 
 @pytest.mark.parametrize("organ", ORGANS)

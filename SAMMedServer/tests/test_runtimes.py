@@ -30,11 +30,6 @@ pytestmark = pytest.mark.skipif(not FAST, reason="neither onnxruntime nor openvi
 
 
 @pytest.fixture(scope="module")
-def labels(ct_labels_path):
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(ct_labels_path)))
-
-
-@pytest.fixture(scope="module")
 def volume(ct_path):
     return load_volume(ct_path)
 

@@ -14,25 +14,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add the `train` command(s)."""
     train = commands.add_parser("train", help="train a SAM-assist prompt encoder from annotated slices")
     train_kinds = train.add_subparsers(required=True, metavar="KIND")
-    prompt = train_kinds.add_parser("prompt-encoder", help="learn a target from a few annotated slices (SAM^Med)")
-    prompt.add_argument("volume", type=Path)
-    prompt.add_argument("--labels", type=Path, required=True, help="labelmap on the volume's grid")
-    prompt.add_argument("--label", type=int, required=True, help="label value of the target")
-    prompt.add_argument("--slices", type=ints, required=True, help="annotated slice indices, e.g. 10,20")
-    prompt.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
-    prompt.add_argument("--name", default=None, help="target name stored in the artefact (default: label_N)")
+    prompt = _annotated_slice_options(
+        train_kinds.add_parser("prompt-encoder", help="learn a target from a few annotated slices (SAM^Med)"), "10,20")
     prompt.add_argument("--prompt-type", default="point", choices=("point", "box", "composite"))
     prompt.add_argument("--scheme", default="center", choices=("uniform", "center", "boundary"))
     prompt.add_argument("--iterations", type=int, default=None, help="training steps (default 16)")
     model_options(prompt)
     prompt.set_defaults(run=_train_prompt_encoder)
-    sapnet = train_kinds.add_parser("sapnet", help="SAM-auto: a SAP-Net from a few annotated slices (SAM^Med)")
-    sapnet.add_argument("volume", type=Path)
-    sapnet.add_argument("--labels", type=Path, required=True, help="labelmap on the volume's grid")
-    sapnet.add_argument("--label", type=int, required=True, help="label value of the target")
-    sapnet.add_argument("--slices", type=ints, required=True, help="annotated slice indices, e.g. 7,22")
-    sapnet.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
-    sapnet.add_argument("--name", default=None, help="target name stored in the artefact (default: label_N)")
+    sapnet = _annotated_slice_options(
+        train_kinds.add_parser("sapnet", help="SAM-auto: a SAP-Net from a few annotated slices (SAM^Med)"), "7,22")
     sapnet.add_argument("--iterations", type=int, default=60)
     sapnet.add_argument("--beta", type=float, default=2.0, help="biased Dice: weight of false positives")
     model_options(sapnet)
@@ -44,6 +34,17 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "while training, so about 70x faster per step on a CPU")):
         auto_training_options(train_kinds.add_parser(command, help=text)).set_defaults(
             run=_train_auto, mode=AUTO_MODES[command])
+
+
+def _annotated_slice_options(parser: argparse.ArgumentParser, example_slices: str) -> argparse.ArgumentParser:
+    """The volume, its labelmap, the target label and the annotated slices (prompt encoders and SAP-Nets)."""
+    parser.add_argument("volume", type=Path)
+    parser.add_argument("--labels", type=Path, required=True, help="labelmap of the volume (resampled onto its grid if needed)")
+    parser.add_argument("--label", type=int, required=True, help="label value of the target")
+    parser.add_argument("--slices", type=ints, required=True, help=f"annotated slice indices, e.g. {example_slices}")
+    parser.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
+    parser.add_argument("--name", default=None, help="target name stored in the artefact (default: label_N)")
+    return parser
 
 
 def auto_training_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
