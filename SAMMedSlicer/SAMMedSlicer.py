@@ -6,8 +6,10 @@ A thin shell: the panel (Widget), a facade over SAMMedSlicerLib (Logic) and the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import subprocess
 from typing import Any, Optional
 
 import ctk  # noqa: F401 - loaded for the .ui file's ctk widgets
@@ -19,6 +21,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from SAMMedSlicerLib.batch import BatchJob, FinishedCase, batch_command
 from SAMMedSlicerLib.client import SAMMedClientError
 from SAMMedSlicerLib.parameters import Parameters, segment_editor_node
 from SAMMedSlicerLib.placing import placing_role, start_placing, stop_placing
@@ -115,6 +118,15 @@ class SAMMedSlicerLogic(ScriptedLoadableModuleLogic):
                               slicer_home=slicer.app.slicerHome)
         self.worker.start_local(launch, port)
 
+    def start_batch(self, source: str, python: str, model_id: str, folder: str, run_folder: str) -> BatchJob:
+        """Run ``sammed-server batch`` over ``folder`` as a child process in the local worker's environment."""
+        launch = local_launch(source, 0, python, startup_environment=slicer.util.startupEnvironment(),
+                              slicer_home=slicer.app.slicerHome)
+        job = BatchJob(batch_command(launch.command[0], model_id, [folder], run_folder), run_folder, env=launch.env,
+                       popen=functools.partial(subprocess.Popen, creationflags=launch.creationflags))
+        job.start()
+        return job
+
     def connect(self, url: str, token: Optional[str] = None) -> None:
         """Use the worker at ``url``; returns at once, ``worker.on_connected`` fires when it answers."""
         self.end_session()
@@ -167,6 +179,8 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._focus: Optional[tuple[int, int]] = None
         self._encoderTypes: dict[str, str] = {}
         self._taskRunning = False
+        self.batch: Optional[BatchJob] = None
+        self._loadedCases: set[str] = set()
         self._pollError = ""
 
     def setup(self) -> None:
@@ -208,6 +222,8 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelTaskButton.clicked.connect(self.onCancelTask)
         self.ui.applyResultButton.clicked.connect(self.onApplyResult)
         self.ui.discardResultButton.clicked.connect(self.onDiscardResult)
+        self.ui.batchStartButton.clicked.connect(self.onStartBatch)
+        self.ui.batchCancelButton.clicked.connect(self.onCancelBatch)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -541,6 +557,71 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         models.clear()
         for item in info.of_kind("auto_models"):
             models.addItem(item.label, item.id)
+        batch_models = self.ui.batchModelComboBox
+        batch_models.clear()
+        for item in info.of_kind("auto_models") + info.of_kind("sapnets"):
+            batch_models.addItem(item.label, item.id)
+
+    # batch: `sammed-server batch` over a folder in the local worker's environment; the timer follows it ---------
+    def onStartBatch(self) -> None:
+        model_id = self.ui.batchModelComboBox.currentData
+        folder = self.ui.batchInputPathLineEdit.currentPath
+        if not model_id or not folder:
+            self.ui.batchStatusLabel.text = "choose a trained model (connect to a worker first) and a folder of volumes"
+            return
+        if self._source() == "remote":
+            self.ui.batchStatusLabel.text = "a batch runs on this computer: choose Slicer's Python or another Python"
+            return
+        run_folder = self.ui.batchRunPathLineEdit.currentPath or os.path.join(folder, "sammed-batch")
+        try:
+            self.batch = self.logic.start_batch(self._source(), self.ui.pythonPathLineEdit.text, model_id, folder,
+                                                run_folder)
+        except (WorkerError, OSError) as exc:
+            self.ui.batchStatusLabel.text = f"could not start the batch: {exc}"
+            return
+        self._loadedCases = set()
+        self.ui.batchStartButton.enabled = False
+        self.ui.batchCancelButton.enabled = True
+        self.ui.batchStatusLabel.text = f"running into {run_folder}"
+
+    def onCancelBatch(self) -> None:
+        if self.batch is not None:
+            self.batch.cancel()
+
+    def _pollBatch(self) -> None:
+        """Show the cohort run's progress; load one newly finished case per tick (loading runs on the main thread)."""
+        job = self.batch
+        if job is None:
+            return
+        progress = job.progress()
+        ended = progress.done + progress.failed
+        self.ui.batchProgressBar.value = int(100 * ended / progress.total) if progress.total else 0
+        status = f"{progress.done} done, {progress.failed} failed of {progress.total} case(s)"
+        failures = job.failures()
+        if failures:
+            case_id, error = list(failures.items())[-1]
+            status += f"; {case_id}: {error}"
+        new = [c for c in job.finished_cases() if c.case_id not in self._loadedCases]
+        if not self.ui.batchLoadCheckBox.checked:
+            new = []
+        if new:
+            self._loadedCases.add(new[0].case_id)
+            self._loadCase(new[0])
+        if progress.running or new:
+            self.ui.batchStatusLabel.text = status + (" (running)" if progress.running else "")
+            return
+        self.ui.batchStatusLabel.text = f"{status}; finished (exit code {progress.returncode}, log {job.log})"
+        self.ui.batchStartButton.enabled = True
+        self.ui.batchCancelButton.enabled = False
+        self.batch = None
+
+    @staticmethod
+    def _loadCase(case: FinishedCase) -> None:
+        """A finished case into the scene: its volume when it is a file (DICOM series: load them from the DICOM
+        database) and its segmentation (which carries its own geometry)."""
+        if os.path.isfile(case.volume):
+            slicer.util.loadVolume(case.volume)
+        slicer.util.loadSegmentation(str(case.segmentation))
 
     # prompts: the place buttons follow the interaction node (Esc / right-click leave place mode) -------------
     def _placeButtons(self) -> dict[str, Any]:
@@ -603,6 +684,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.logic.worker.poll()
             self._pollInstall()
+            self._pollBatch()
             self._requestSessionStatus()
         except Exception as exc:  # noqa: BLE001 - the timer must keep running, and say what went wrong once
             message = f"SAMMed: {type(exc).__name__}: {exc}"

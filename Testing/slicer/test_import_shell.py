@@ -278,3 +278,67 @@ def test_forget_modules_makes_reload_import_the_lib_afresh(monkeypatch):
         for name in [n for n in sys.modules if n.startswith("SAMMedSlicerLib")]:
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def test_batch_section_follows_the_run_and_loads_each_finished_case_once(shell, tmp_path):
+    """Start batch hands the chosen model, folder and run folder to the logic; the timer then shows the run's progress
+    from its manifest, loads each finished case once (one per tick) and gives the buttons back when the run ends.
+    The process is a FAKE (the real `sammed-server batch` runs in Testing/batch)."""
+    import json
+
+    from SAMMedSlicerLib.batch import BatchJob
+
+    module, fake_slicer = shell
+    widget = bare_widget(module)
+    run = tmp_path / "run"
+    widget.ui.__dict__.update(
+        batchModelComboBox=types.SimpleNamespace(currentData="decoder_only-abc"),
+        batchInputPathLineEdit=types.SimpleNamespace(currentPath=str(tmp_path / "cohort")),
+        batchRunPathLineEdit=types.SimpleNamespace(currentPath=str(run)),
+        batchLoadCheckBox=types.SimpleNamespace(checked=True), workerSourceComboBox=types.SimpleNamespace(currentData="python"),
+        pythonPathLineEdit=types.SimpleNamespace(text="/envs/worker/bin/python"), batchStartButton=FakeButton(),
+        batchCancelButton=FakeButton(), batchProgressBar=FakeLabel(), batchStatusLabel=FakeLabel(),
+    )
+
+    class FakeProcess:
+        """FAKE Popen: running until told otherwise."""
+
+        returncode = None
+
+        def poll(self):
+            return self.returncode
+
+    process = FakeProcess()
+    started = []
+
+    def start_batch(source, python, model_id, folder, run_folder):
+        started.append((source, python, model_id, folder, run_folder))
+        job = BatchJob(["sammed-server", "batch"], run_folder, popen=lambda *args, **kwargs: process)
+        job.start()
+        return job
+
+    widget.logic = types.SimpleNamespace(start_batch=start_batch)
+    loaded = []
+    fake_slicer.util.loadVolume = lambda path: loaded.append(("volume", path))
+    fake_slicer.util.loadSegmentation = lambda path: loaded.append(("segmentation", path))
+    widget.onStartBatch()
+    assert started == [("python", "/envs/worker/bin/python", "decoder_only-abc", str(tmp_path / "cohort"), str(run))]
+    assert not widget.ui.batchStartButton.enabled and widget.ui.batchCancelButton.enabled
+
+    volumes = [tmp_path / f"case{i}.nii.gz" for i in range(2)]
+    for path in volumes:
+        path.write_bytes(b"")
+    cases = {f"c{i}": {"case_id": f"c{i}", "input": str(volumes[i]), "status": "done",
+                       "outputs": {"seg_nrrd": f"c{i}.seg.nrrd"}} for i in range(2)}
+    cases["bad"] = {"case_id": "bad", "input": "x.nii.gz", "status": "failed", "error": "unreadable", "outputs": {}}
+    (run / "manifest.json").write_text(json.dumps({"cases": cases}))
+    widget._pollBatch()
+    assert widget.ui.batchProgressBar.value == 100 and "bad: unreadable" in widget.ui.batchStatusLabel.text
+    assert loaded == [("volume", str(volumes[0])), ("segmentation", str(run / "c0.seg.nrrd"))]
+    process.returncode = 1  # the run ends with a failed case
+    widget._pollBatch()  # the second case is still to load
+    assert loaded[2:] == [("volume", str(volumes[1])), ("segmentation", str(run / "c1.seg.nrrd"))]
+    assert widget.batch is not None
+    widget._pollBatch()
+    assert widget.batch is None and widget.ui.batchStartButton.enabled and not widget.ui.batchCancelButton.enabled
+    assert "exit code 1" in widget.ui.batchStatusLabel.text and len(loaded) == 4
