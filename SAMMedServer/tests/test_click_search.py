@@ -113,7 +113,7 @@ def test_batched_and_coarse_decode(backend, predictor, prepared):
 def test_one_click_over_http(shared_cache_dir, ct_path, labels):
     service = Service(cache_dir=shared_cache_dir)
     try:
-        with TestClient(create_app(service), raise_server_exceptions=False) as api:
+        with TestClient(create_app(service), base_url="http://127.0.0.1", raise_server_exceptions=False) as api:
             volume_id = api.post("/v1/volumes/from-path", json={"path": str(ct_path)}).json()["id"]
             for organ in ("liver", "kidney_right"):
                 _, k, floor = ONE_CLICK[organ]
