@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/constraints.txt
 # Real test data (never copied into the repo); tests skip with a message where it is absent.
-SAMMED_DATA_DIR ?= ../shared/data
+SAMMED_DATA_DIR ?= $(abspath ../shared/data)
 export SAMMED_DATA_DIR
 
 .PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench bench-models bench-slicer fuzz clean

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent
 
 def data_dir() -> Path:
     """The test-data folder: ``$SAMMED_DATA_DIR``, default ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("SAMMED_DATA_DIR", REPO.parent / "shared" / "data")).expanduser()
+    return Path(os.environ.get("SAMMED_DATA_DIR", REPO.parent / "shared" / "data")).expanduser().resolve()
 
 
 @pytest.fixture(scope="session")

@@ -44,8 +44,9 @@ def memory_cache_bytes() -> int:
 
 
 def data_dir() -> Path:
-    """The shared test-data folder: ``$SAMMED_DATA_DIR``, default ``../shared/data`` (from the repository root)."""
-    return Path(os.environ.get("SAMMED_DATA_DIR", "../shared/data")).expanduser()
+    """The shared test-data folder, absolute: ``$SAMMED_DATA_DIR``, default ``../shared/data`` (from the working
+    directory)."""
+    return Path(os.environ.get("SAMMED_DATA_DIR", "../shared/data")).expanduser().resolve()
 
 
 def cache_max_bytes() -> int | None:
