@@ -143,7 +143,7 @@ class SAMMedSlicerLogic(ScriptedLoadableModuleLogic):
         self.end_session()
         model = self.parameters().get("model") or None
         self.session = Session(slicer.mrmlScene, self.client, model=model, editor_node=segment_editor_node(slicer.mrmlScene),
-                               on_error=on_error, on_notice=on_notice)
+                               on_error=on_error, on_notice=on_notice, on_worker_lost=self.worker.report_lost)
         return self.session
 
     def end_session(self) -> None:

@@ -1,8 +1,9 @@
 """SAMMedSlicerLib: the Qt-free logic of the SAMMed Slicer module.
 
-client (HTTP to the worker), server_process (run the local worker), worker_install (which Python, its environment,
+client (HTTP to the worker; its errors in client_errors, its answers in client_results, arrays on the wire
+in wire), server_process (run the local worker), worker_install (which Python, its environment,
 installing sammed-server), worker (get a worker three ways without blocking), background (threads → main thread),
-session_status (the timer's status requests), placing (place mode), volume (voxels + LPS geometry),
+session_status (the timer's status requests), placing (place mode), placement (markups → placed prompts), volume (voxels + LPS geometry),
 prompts (RAS → slice pixels), segments (write a slice as the Segment Editor would, undo),
 parameters (scene-saved state), session (prompts → worker → segment), workflows (jobs, previews), batch (cohort
 runs: start, progress, finished cases).

@@ -16,8 +16,6 @@ Each thread keeps its own keep-alive connection, so one client can be shared bet
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import http.client
 import json
 import socket
@@ -25,255 +23,26 @@ import threading
 import time
 import urllib.parse
 import zlib
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .client_errors import (  # noqa: F401  (the errors and results are part of the client's interface)
+    AuthenticationError, ConnectionFailedError, InvalidRequestError, JobFailedError, NotFoundError,
+    PayloadTooLargeError, ProtocolMismatchError, RequestTimeoutError, SAMMedClientError, ServerError, error_class,
+)
+from .client_results import (  # noqa: F401
+    ArtefactInfo, Health, JobStatus, ModelInfo, PredictResult, SliceMasks, VolumeInfo, VolumeMasks,
+    propagation_result, volume_masks,
+)
+from .wire import content_id, decode_array, encode_annotations, encode_float, encode_mask, upload_array
+
 PROTOCOL_VERSION = 1  # must equal sammed_server.api.protocol.PROTOCOL_VERSION
 API_PREFIX = "/v1"
 VOLUME_HEADER = "X-SAMMed-Volume"
-UPLOAD_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-# errors ------------------------------------------------------------------------------------------
-class SAMMedClientError(Exception):
-    """An error from the server's error model, or from talking to it. ``status`` is the HTTP status (0: none)."""
-
-    def __init__(self, code: str, message: str, hint: str = "", status: int = 0, field: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.hint = hint
-        self.status = status
-        self.field = field
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
-
-
-class ConnectionFailedError(SAMMedClientError):
-    """The server cannot be reached (not running, wrong URL, connection dropped)."""
-
-
-class RequestTimeoutError(SAMMedClientError):
-    """No answer within the timeout (the server may still be working on it)."""
-
-
-class ProtocolMismatchError(SAMMedClientError):
-    """The server speaks another protocol version, or is not a SAMMed server at all."""
-
-
-class AuthenticationError(SAMMedClientError):
-    """401: missing or wrong API token."""
-
-
-class NotFoundError(SAMMedClientError):
-    """404: unknown volume, job, model or route."""
-
-
-class InvalidRequestError(SAMMedClientError):
-    """400/422: the request was refused (``field`` names the offending field when known)."""
-
-
-class PayloadTooLargeError(SAMMedClientError):
-    """413: the body is over the server's limit."""
-
-
-class ServerError(SAMMedClientError):
-    """5xx: the server failed (missing checkpoint, internal error)."""
-
-
-class JobFailedError(SAMMedClientError):
-    """A job ended failed or cancelled; ``status`` here is the final :class:`JobStatus`."""
-
-    def __init__(self, job: "JobStatus") -> None:
-        error = job.error or {}
-        super().__init__(error.get("code", job.state), error.get("message", f"job {job.id} {job.state}"), error.get("hint", ""))
-        self.job = job
-
-
-def _error_class(status: int) -> type:
-    if status == 401:
-        return AuthenticationError
-    if status == 404:
-        return NotFoundError
-    if status == 413:
-        return PayloadTooLargeError
-    if status >= 500:
-        return ServerError
-    return InvalidRequestError
-
-
-# results -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Health:
-    service: str
-    version: str
-    protocol: int
-    device: str
-    default_model: str
-    models_loaded: list
-    auth: bool
-    max_request_bytes: int
-    max_upload_bytes: int
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    id: str
-    description: str
-    input_size: int
-    box_only: bool
-    default: bool
-    loaded: bool
-    checkpoint_present: bool
-
-
-@dataclass(frozen=True)
-class VolumeInfo:
-    """``id`` is the content hash; ``created`` is False when the server already had the volume."""
-
-    id: str
-    shape_ijk: tuple
-    dtype: str
-    spacing: tuple
-    origin: tuple
-    direction: tuple
-    source: str
-    created: bool
-
-
-@dataclass(frozen=True)
-class PredictResult:
-    """``masks (M, rows, cols)`` bool at slice resolution, ``scores (M,)`` predicted IoU, ``best`` index."""
-
-    volume_id: str
-    axis: int
-    index: int
-    model: str
-    masks: np.ndarray = field(repr=False)
-    scores: np.ndarray
-    best: int
-    cached: bool
-    timing_ms: dict
-
-    @property
-    def mask(self) -> np.ndarray:
-        """The best mask, ``(rows, cols)`` bool."""
-        return self.masks[self.best]
-
-    @property
-    def score(self) -> float:
-        return float(self.scores[self.best])
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """``state``: queued, running, succeeded, failed or cancelled; ``error`` is the error model dict."""
-
-    id: str
-    kind: str
-    state: str
-    progress: float
-    message: str
-    log: list
-    result: Optional[dict]
-    error: Optional[dict]
-    created: float
-    started: Optional[float]
-    finished: Optional[float]
-    metrics: dict = field(default_factory=dict)
-
-    @property
-    def done(self) -> bool:
-        return self.state in ("succeeded", "failed", "cancelled")
-
-
-AUTO_MODEL_MODES = {"hsam": "H-SAM", "masam": "MA-SAM", "decoder_only": "decoder only"}
-
-
-@dataclass(frozen=True)
-class ArtefactInfo:
-    """A stored prompt encoder (``prompt_encoders``), SAP-Net (``sapnets``) or H-SAM/MA-SAM model (``auto_models``)."""
-
-    id: str
-    kind: str
-    name: str
-    base_model: str
-    created: str
-    manifest: dict = field(repr=False)
-
-    @property
-    def label(self) -> str:
-        """How the panel lists it: the name, then what it is (prompt type; model and organs) or when it was made."""
-        if self.kind == "auto_models":
-            mode = self.manifest.get("mode", "?")
-            organs = ", ".join(c["name"] for c in self.manifest.get("classes", []))
-            return f"{self.name} ({AUTO_MODEL_MODES.get(mode, mode)}: {organs})"
-        if self.kind == "prompt_encoders":
-            return f"{self.name}: {self.manifest.get('prompt_type', 'point')}, {self.created}"
-        return f"{self.name}, {self.created}"
-
-
-@dataclass(frozen=True)
-class SliceMasks:
-    """Result of a propagation: ``masks (n, rows, cols)`` for ``indices`` along ``axis``; why each direction stopped."""
-
-    axis: int
-    indices: list
-    masks: np.ndarray = field(repr=False)
-    scores: list
-    stopped: dict
-
-
-@dataclass(frozen=True)
-class VolumeMasks:
-    """Result of an auto-segmentation: ``masks (L, K, J, I)`` bool, one per entry of ``labels`` (value, name, color)."""
-
-    labels: list
-    masks: np.ndarray = field(repr=False)
-
-
-# encoding ----------------------------------------------------------------------------------------
-def decode_array(encoded: dict) -> np.ndarray:
-    """A server ``EncodedArray``: bool = packbits + zlib + base64, floats = little-endian raw + zlib + base64."""
-    shape = tuple(encoded["shape"])
-    raw = zlib.decompress(base64.b64decode(encoded["data"]))
-    if encoded["dtype"] == "bool":
-        count = int(np.prod(shape))
-        return np.unpackbits(np.frombuffer(raw, np.uint8), count=count).astype(bool).reshape(shape)
-    return np.frombuffer(raw, np.dtype(encoded["dtype"]).newbyteorder("<")).reshape(shape)
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """A bool array → the server's ``EncodedArray`` (packbits, big-endian bits, C order + zlib + base64)."""
-    bits = np.packbits(np.ascontiguousarray(mask, dtype=bool).ravel())
-    return {"shape": list(np.shape(mask)), "dtype": "bool", "data": base64.b64encode(zlib.compress(bits.tobytes())).decode()}
-
-
-def encode_float(array: np.ndarray, dtype: str = "float16") -> dict:
-    raw = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
-    return {"shape": list(np.shape(array)), "dtype": dtype, "data": base64.b64encode(zlib.compress(raw)).decode()}
-
-
-def content_id(array: np.ndarray, spacing: Sequence[float]) -> str:
-    """The id the server gives this voxel array (the engine's content hash), for an array as uploaded."""
-    digest = hashlib.sha256()
-    digest.update(f"{array.dtype.str}|{array.shape}|{tuple(round(float(s), 6) for s in spacing)}".encode())
-    digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()[:32]
-
-
-def upload_array(array: np.ndarray) -> np.ndarray:
-    """``array`` as it travels: C-order, little-endian, one of ``UPLOAD_DTYPES`` (others become float32)."""
-    array = np.asarray(array)
-    dtype = array.dtype.name if array.dtype.name in UPLOAD_DTYPES else "float32"
-    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
-
-
-# client ------------------------------------------------------------------------------------------
 class SAMMedClient:
     """Typed calls to the ``/v1`` API of one SAMMed server.
 
@@ -444,7 +213,7 @@ class SAMMedClient:
         ``kind`` = ``prompt_encoder`` (SAM-assist) or ``sapnet`` (SAM-auto). Returns the job id; the finished
         job's result has ``artefact_id`` and its ``metrics["loss"]`` is the training curve."""
         request = {
-            "kind": kind, "annotations": _annotated(annotations, axis), "name": name, "prompt_type": prompt_type,
+            "kind": kind, "annotations": encode_annotations(annotations, axis), "name": name, "prompt_type": prompt_type,
             "iterations": iterations, "model": model, "window": window,
         }
         return self._call("POST", f"/volumes/{_quote(volume_id)}/train", request)["id"]
@@ -483,7 +252,7 @@ class SAMMedClient:
         drawn) or an H-SAM / MA-SAM model. Returns the job id; read the result with :meth:`volume_masks`."""
         request = {
             "artefact": artefact, "prompt_encoder": prompt_encoder, "axis": int(axis), "model": model,
-            "window": window, "annotations": None if not annotations else _annotated(annotations, axis),
+            "window": window, "annotations": None if not annotations else encode_annotations(annotations, axis),
         }
         return self._call("POST", f"/volumes/{_quote(volume_id)}/auto-segment", request)["id"]
 
@@ -572,8 +341,8 @@ class SAMMedClient:
             error = payload.get("error") if isinstance(payload, dict) else None
             if not isinstance(error, dict):
                 text = raw[:200].decode(errors="replace")
-                raise _error_class(status)("http_error", f"HTTP {status} from {self.base_url}{API_PREFIX}{path}: {text}", status=status)
-            raise _error_class(status)(
+                raise error_class(status)("http_error", f"HTTP {status} from {self.base_url}{API_PREFIX}{path}: {text}", status=status)
+            raise error_class(status)(
                 error.get("code", "error"), error.get("message", ""), error.get("hint", ""), status, error.get("field")
             )
         return payload
@@ -629,25 +398,6 @@ class SAMMedClient:
         return ProtocolMismatchError(
             "not_sammed", f"{self.base_url} is not a SAMMed server ({why})", "check the server URL and port"
         )
-
-
-def propagation_result(status: JobStatus) -> SliceMasks:
-    """The masks of a finished propagation job."""
-    result = status.result or {}
-    return SliceMasks(result["axis"], list(result["indices"]), decode_array(result["masks"]), list(result["scores"]),
-                      dict(result["stopped"]))
-
-
-def volume_masks(status: JobStatus) -> VolumeMasks:
-    """The label masks of a finished auto-segmentation job."""
-    result = status.result or {}
-    return VolumeMasks(list(result["labels"]), decode_array(result["masks"]))
-
-
-def _annotated(annotations: dict, axis: int) -> dict:
-    indices = sorted(int(i) for i in annotations)
-    masks = np.stack([np.asarray(annotations[i], bool) for i in indices])
-    return {"axis": int(axis), "indices": indices, "masks": encode_mask(masks)}
 
 
 def _json(raw: bytes) -> Any:

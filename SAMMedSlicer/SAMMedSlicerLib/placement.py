@@ -22,9 +22,13 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import vtk
 
+from .placing import is_being_placed, leave_place_mode
+
 POINT_KINDS = {"positivePoints": "positive", "negativePoints": "negative"}
 MOVING_INDEX_ATTRIBUTE = "Markups.MovingMarkupIndex"  # vtkMRMLMarkupsDisplayNode::GetMovingMarkupIndexAttributeName()
 BOX_NAME = "SAMMed box"
+INTERACTION_NODE = "vtkMRMLInteractionNodeSingleton"
+SELECTION_NODE = "vtkMRMLSelectionNodeSingleton"
 
 
 def create_prompt_nodes(scene: Any) -> dict[str, Any]:
@@ -99,8 +103,8 @@ class PromptPlacement:
                 self._add_observer(node, "PointEndInteractionEvent", self._point_dragged)
             else:
                 self._observe_roi(node)
-        selection = self._singleton("vtkMRMLSelectionNodeSingleton")
-        interaction = self._singleton("vtkMRMLInteractionNodeSingleton")
+        selection = self._singleton(SELECTION_NODE)
+        interaction = self._singleton(INTERACTION_NODE)
         if selection is not None:
             self._active_place_id = selection.GetActivePlaceNodeID() or ""
             self._add_observer(selection, "ModifiedEvent", lambda node, _: self._place_node_changed(node))
@@ -162,17 +166,11 @@ class PromptPlacement:
         self._observations.append((interactor, interactor.AddObserver(vtk.vtkCommand.KeyPressEvent, key)))
 
     def leave_place_mode(self) -> None:
-        interaction = self._singleton("vtkMRMLInteractionNodeSingleton")
-        if interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place:
-            interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+        leave_place_mode(self._singleton(INTERACTION_NODE))
 
     def being_placed(self, node: Any) -> bool:
-        """Whether the user is placing ``node`` right now (Place mode with it as the active place node)."""
-        interaction = self._singleton("vtkMRMLInteractionNodeSingleton")
-        selection = self._singleton("vtkMRMLSelectionNodeSingleton")
-        return (interaction is not None and selection is not None
-                and interaction.GetCurrentInteractionMode() == interaction.Place
-                and selection.GetActivePlaceNodeID() == node.GetID())
+        """Whether the user is placing ``node`` right now."""
+        return is_being_placed(self._singleton(INTERACTION_NODE), self._singleton(SELECTION_NODE), node)
 
     # observers ---------------------------------------------------------------------------------
     def _observe_roi(self, roi: Any) -> None:

@@ -1,7 +1,8 @@
-"""Place mode for the prompt markups, and which prompt is being placed (the panel's buttons follow it).
+"""Place mode, in one place: entering and leaving it, and which markup (or prompt role) is being placed.
 
-Slicer leaves place mode on its own (Esc, right-click, the toolbar): the panel observes the interaction node's
-``InteractionModeChangedEvent`` and asks :func:`placing_role` which button, if any, stays checked.
+Slicer leaves place mode on its own (right-click, the toolbar; Esc through :class:`.placement.PromptPlacement`): the
+panel observes the interaction node's ``InteractionModeChangedEvent`` and asks :func:`placing_role` which button, if
+any, stays checked; the placement observers ask :func:`is_being_placed` whether a box is still being drawn.
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ def stop_placing(interaction_node: Any, selection_node: Any, markup_nodes: Mappi
     if placing_role(interaction_node, selection_node, markup_nodes) is None:
         return
     interaction_node.SetPlaceModePersistence(0)
-    interaction_node.SetCurrentInteractionMode(interaction_node.ViewTransform)
+    leave_place_mode(interaction_node)
+
+
+def leave_place_mode(interaction_node: Optional[Any]) -> None:
+    """Back to view transform if the views are in place mode (what right-click does in a slice view)."""
+    if interaction_node is not None and interaction_node.GetCurrentInteractionMode() == interaction_node.Place:
+        interaction_node.SetCurrentInteractionMode(interaction_node.ViewTransform)
+
+
+def is_being_placed(interaction_node: Optional[Any], selection_node: Optional[Any], node: Any) -> bool:
+    """Whether ``node`` is being placed right now (place mode with it as the active place node)."""
+    return placing_role(interaction_node, selection_node, {"": [node]}) is not None
 
 
 def placing_role(

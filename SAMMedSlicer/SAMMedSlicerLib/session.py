@@ -109,14 +109,15 @@ class Session(SessionWorkflows):
     first ``vtkMRMLSegmentEditorNode``); a point's slice is the one of the slice view whose plane contains it
     (``active_slice_node`` first), else along ``default_axis`` (2 = K); a box's is the view plane through its
     centre that it is thinnest across.
-    Errors are kept in ``errors`` and passed to ``on_error`` (an unreachable worker is reported once, until it
-    answers again); hints for the user (e.g. "draw a box first") go to ``notices`` / ``on_notice``.
+    Errors are kept in ``errors`` and passed to ``on_error``. A prediction that finds the worker unreachable goes to
+    ``on_worker_lost`` (the panel passes :meth:`.worker.Worker.report_lost`, so one death is one message however it
+    is noticed); without it, it is reported here once until the worker answers again. Hints for the user (e.g. "draw a box first") go to ``notices`` / ``on_notice``.
     """
 
     def __init__(
         self, scene: Any, client: WorkerClient, model: Optional[str] = None, editor_node: Optional[Any] = None,
         default_axis: int = 2, on_error: Optional[Callable[[str], None]] = None,
-        on_notice: Optional[Callable[[str], None]] = None,
+        on_notice: Optional[Callable[[str], None]] = None, on_worker_lost: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.scene = scene
         self.client = client
@@ -125,6 +126,7 @@ class Session(SessionWorkflows):
         self.default_axis = default_axis
         self.on_error = on_error
         self.on_notice = on_notice
+        self.on_worker_lost = on_worker_lost
         self.active_slice_node: Optional[Any] = None  # the view the user works in (set by the widget)
         self.errors: list[str] = []
         self.notices: list[str] = []
@@ -444,6 +446,9 @@ class Session(SessionWorkflows):
     def _worker_failed(self, error: BaseException) -> None:
         """Report a failed prediction; an unreachable worker only once until it answers again."""
         if isinstance(error, WORKER_DOWN):
+            if self.on_worker_lost is not None:
+                self.on_worker_lost(str(error))
+                return
             if self.worker_down:
                 return
             self.worker_down = True

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .client import decode_array
+from .wire import decode_array
 from .workflows import AppliedResult, BackgroundTask, PendingResult, annotated_slices
 
 

@@ -210,6 +210,12 @@ class Worker:
             code = self.process.process.returncode if self.process.process is not None else "?"
             self._lose(f"the worker exited (code {code}):\n{self.process.log_tail()}")
 
+    def report_lost(self, message: str) -> None:
+        """A call made elsewhere (a prediction) found the worker unreachable: the same single report as a failed
+        status request (nothing more while it stays lost)."""
+        if self.state == "connected":
+            self._lose(f"the worker does not answer: {message}")
+
     # internals ------------------------------------------------------------------------------------
     def _disconnect(self) -> Optional[ServerProcess]:
         """Forget the client and pending results; returns the local worker still running (not stopped yet)."""

@@ -157,6 +157,31 @@ def test_remote_worker_that_stops_answering_is_reported_once(fake_worker):
         fake.kill()
 
 
+def test_a_prediction_that_finds_the_worker_dead_is_the_one_report(fake_worker):
+    """The session passes unreachable predictions to ``Worker.report_lost``: a click and the status timer noticing
+    the same death give one message, not one each."""
+    port = free_port()
+    fake = subprocess.Popen(fake_command(fake_worker, port, 0), stdout=subprocess.DEVNULL)
+    try:
+        record = Recorder()
+        worker = record.worker()
+        deadline = time.monotonic() + 20
+        while worker.state != "connected" and time.monotonic() < deadline:
+            record.timed(worker.connect, f"http://127.0.0.1:{port}")
+            record.poll_until(worker, lambda: worker.state not in ("connecting",), 5)
+        assert worker.state == "connected"
+        record.errors.clear()
+        fake.kill()
+        fake.wait()
+        worker.report_lost("connection refused")  # a box's prediction failed
+        worker.report_lost("connection refused")  # and a "+" click's
+        assert not record.timed(worker.monitor, worker.client.health, lambda _: None), "a lost worker is polled"
+        record.poll_until(worker, lambda: False, 1.0)
+        assert worker.state == "lost" and record.errors == ["the worker does not answer: connection refused"]
+    finally:
+        fake.kill()
+
+
 def test_connect_to_a_worker_that_never_answers_does_not_stall():
     with socket.socket() as hang:  # accepts connections, never answers
         hang.bind(("127.0.0.1", 0))
