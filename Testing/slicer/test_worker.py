@@ -23,7 +23,7 @@ from SAMMedSlicerLib.client import SAMMedClient
 from SAMMedSlicerLib.server_process import WorkerError, free_port
 from SAMMedSlicerLib.worker import LocalLaunch, Worker, local_launch
 from SAMMedSlicerLib.worker_install import (
-    CREATE_NO_WINDOW, NO_PYTORCH_EXTENSION, TORCH_REQUIREMENTS, InstallRun, InstallStep, foreign_python_environment,
+    CREATE_NO_WINDOW, LITEMEDSAM_ON_PYTHON_39, NO_PYTORCH_EXTENSION, TORCH_REQUIREMENTS, InstallRun, InstallStep, foreign_python_environment,
     install_plan, slicer_python,
 )
 
@@ -264,6 +264,8 @@ def test_install_plans():
         install_plan("slicer", "/ext/SAMMedServer", which=which)
     steps, env = install_plan("slicer", "/ext/SAMMedServer", pytorch_extension=True, which=which)
     assert env is None and [s.label for s in steps] == ["light-the-torch", "PyTorch", "sammed-server"]
+    on_slicer_58, _ = install_plan("slicer", "/ext/SAMMedServer", torch_version="2.5.1", which=which, python_version=(3, 9))
+    assert on_slicer_58[-1].command == ["/S/bin/PythonSlicer", "-m", "pip", "install", *LITEMEDSAM_ON_PYTHON_39]
     assert steps[1].command == ["/S/bin/PythonSlicer", "-m", "light_the_torch", "install", *TORCH_REQUIREMENTS]
     assert steps[2].command == ["/S/bin/PythonSlicer", "-m", "pip", "install", "/ext/SAMMedServer"]
     with pytest.raises(WorkerError, match="torch 1.13.1, SAMMed needs torch>=2.1"):
