@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c SAMMedServer/co
 SAMMED_DATA_DIR ?= $(abspath ../shared/data)
 export SAMMED_DATA_DIR
 
-.PHONY: venv venv-slicer venv-view demo test test-server test-install test-slicer test-view bench bench-models bench-slicer fuzz clean
+.PHONY: venv venv-slicer venv-view demo test test-long test-server test-install test-slicer test-view bench bench-models bench-slicer fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -25,10 +25,10 @@ test-server: venv
 
 # The worker package without this repository's constraints: its minimum versions resolve under python3.9 (Slicer 5.8)
 # and python3.12 (Slicer 5.10) (pip --dry-run; from pyenv or PATH, skipped with a message without them), and a
-# loose install into a fresh Python 3.11 venv serves /v1/health (torch from a local wheel). Part of test-server too
-# (Testing/ is in pytest.ini's testpaths); this target runs it alone.
+# loose install into a fresh Python 3.11 venv serves /v1/health (torch from a local wheel). The dry-runs are part of
+# test-server too; the real install (marker long, a few minutes) runs here and in test-long.
 test-install: venv
-	$(VENV)/bin/python -m pytest Testing/install
+	$(VENV)/bin/python -m pytest Testing/install -m "not bench"
 
 # SAMMedSlicer logic tests on Slicer's real MRML (slicer-core wheel, no Slicer app, ~1 GB); the worker they
 # start is .venv/bin/sammed-server (override with SAMMED_SERVER=...).
@@ -60,7 +60,18 @@ $(VIEW_VENV)/.installed:
 test-view: venv venv-view
 	VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow $(VIEW_VENV)/bin/python -m pytest Testing/view
 
-test: test-server test-slicer test-view
+# One embedding cache and one set of exported models for the three suites of a run (else each encodes the sample CT
+# and exports the model again), emptied first: every `make test` starts cold, like CI.
+TEST_CACHE := $(abspath out/test-cache)
+
+test: venv venv-slicer venv-view
+	rm -rf $(TEST_CACHE)
+	SAMMED_TEST_CACHE_DIR=$(TEST_CACHE) $(MAKE) test-server test-slicer test-view
+
+# Checks that take minutes each, not in `make test` (marker long; about 18 min on 2 cores): H-SAM and MA-SAM against
+# a same-budget decoder-only baseline, and the real loose install. See docs/testing.md.
+test-long: venv
+	$(VENV)/bin/python -m pytest -m long
 
 # The worker under 10,000 fuzzed requests (every route; 0 5xx, RSS within +10 %); figures in out/fuzz.json.
 # `make test` runs the same test with 400 requests. Protocol: docs/robustness.md.

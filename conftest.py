@@ -63,6 +63,20 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("embeddings")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_runtime_dir(shared_cache_dir: Path) -> Iterator[Path]:
+    """One folder of exported ONNX models for the run (``$SAMMED_RUNTIME_DIR``, inherited by every worker and CLI
+    process a test starts): tests that give a process its own ``SAMMED_HOME`` would otherwise export the model
+    again each time (~20 s). A test of the export itself sets its own folder."""
+    if os.environ.get("SAMMED_RUNTIME_DIR"):
+        yield Path(os.environ["SAMMED_RUNTIME_DIR"])
+        return
+    folder = shared_cache_dir / "runtimes"
+    os.environ["SAMMED_RUNTIME_DIR"] = str(folder)
+    yield folder
+    del os.environ["SAMMED_RUNTIME_DIR"]
+
+
 @pytest.fixture(scope="session")
 def backend():
     from sammed_server.engine.registry import load_backend

@@ -234,14 +234,14 @@ TRAIN_SLICES = (5, 15, 25)  # 3 of the CT's 30 slices (10 %), each holding liver
 BUDGET_STEPS = 24
 
 
-def _train(mode: str, backend, cache: EmbeddingCache, volume, labels: np.ndarray):
-    """``mode`` trained for ``BUDGET_STEPS`` steps on ``TRAIN_SLICES`` → (model, its feature source)."""
+def _train(mode: str, backend, cache: EmbeddingCache, volume, labels: np.ndarray, steps: int = BUDGET_STEPS):
+    """``mode`` trained for ``steps`` steps on ``TRAIN_SLICES`` → (model, its feature source)."""
     classes = parse_classes(ORGANS, None)
     torch.manual_seed(0)
     model = build_model(mode, backend, classes.num_classes)
     features = FeatureSource(backend, preprocessing_for(mode), cache, frozen_encoder=model.frozen_encoder)
     samples = training_windows([AnnotatedVolume(volume, labels, TRAIN_SLICES)], classes, features, model.window)
-    train_auto_model(model, samples, AutoTrainingConfig(iterations=BUDGET_STEPS, learning_rate=1e-3, seed=0))
+    train_auto_model(model, samples, AutoTrainingConfig(iterations=steps, learning_rate=1e-3, seed=0))
     return model, features
 
 
@@ -258,6 +258,7 @@ def _liver_spleen(scores: dict[str, float]) -> float:
     return (scores["liver"] + scores["spleen"]) / 2
 
 
+@pytest.mark.long
 def test_hsam_beats_same_budget_decoder_only_baseline(ct, backend, cache) -> None:
     """H-SAM (LoRA + two decoding stages) against the frozen encoder with the stage-1 decoder trained alone, the same
     number of steps, data and learning rate: H-SAM must segment liver + spleen better on the unseen slices."""
@@ -269,9 +270,10 @@ def test_hsam_beats_same_budget_decoder_only_baseline(ct, backend, cache) -> Non
     assert hsam["liver"] > 0.5
 
 
-def test_masam_beats_same_budget_decoder_only_baseline_and_caches_window_embeddings(ct, backend, cache) -> None:
-    """MA-SAM (FacT + 3D adapters, 5-slice windows) against the same-budget decoder-only baseline; then a stored
-    model's adapted window embeddings are cached and reused (about 6 min on an idle 2-core CPU)."""
+@pytest.mark.long
+def test_masam_beats_same_budget_decoder_only_baseline(ct, backend, cache) -> None:
+    """MA-SAM (FacT + 3D adapters, 5-slice windows) against the same-budget decoder-only baseline (about 12 min on a
+    2-core CPU: ``make test-long``)."""
     volume, labels = ct
     model, features = _train("masam", backend, cache, volume, labels)
     masam = _score(model, features, volume, labels)
@@ -279,6 +281,12 @@ def test_masam_beats_same_budget_decoder_only_baseline_and_caches_window_embeddi
     print(f"\nMA-SAM {masam}\nbaseline {baseline}")
     assert _liver_spleen(masam) > _liver_spleen(baseline) + 0.02, (masam, baseline)
 
+
+def test_masam_window_embeddings_are_cached_and_reused(ct, backend, cache) -> None:
+    """A stored MA-SAM model's adapted window embeddings (one training step is enough to make them its own) go to
+    the cache under the model's key, and a second call reads them instead of encoding."""
+    volume, labels = ct
+    model, features = _train("masam", backend, cache, volume, labels, steps=1)
     key = ("test-masam-" + volume.content_hash[:8], "e" * 64)
     direct = slice_probabilities(model, features, volume, slices=[0])[0]
     first = slice_probabilities(model, features, volume, model_key=key, slices=[0])[0]

@@ -98,7 +98,7 @@ def test_decoder_only_segments_a_flipped_permuted_1mm_copy_as_the_original(pair,
     (crop, labels), (copy, copy_labels) = pair
     classes = parse_classes(",".join(f"{v}={o}" for o, v in ORGANS.items()), None)
     trained = run_training_job("decoder_only", backend, [AnnotatedVolume(crop, labels, TRAIN_SLICES)], classes,
-                               AutoTrainingConfig(iterations=150, learning_rate=1e-3), predictor.cache)
+                               AutoTrainingConfig(iterations=60, learning_rate=1e-3), predictor.cache)
     on_crop, on_copy = (segment_with_auto_model(trained.artefact_id, backend, v, predictor.cache) for v in (crop, copy))
     scores = {organ: _scores(crop, on_crop[i].mask, labels, copy, on_copy[i].mask, copy_labels, value)
               for i, (organ, value) in enumerate(ORGANS.items())}

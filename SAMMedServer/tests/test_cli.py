@@ -84,8 +84,12 @@ def test_bad_inputs_are_one_line_each(ct_path, tmp_path, cli_env):
           "--checkpoint", str(wrong), "-o", out], "is not the sam_vit_b checkpoint"),
         (["segment", str(ct_path), "--slice", "5", "--box", "1,1,5,5", "-o", str(tmp_path / "o.png")], "cannot write"),
     ]
-    for args, text in cases:
-        assert_one_clear_error(cli(*args, env=cli_env), text)
+    # the processes run side by side (each spends its seconds importing torch); each is checked on its own
+    running = [(subprocess.Popen([sys.executable, "-m", "sammed_server.cli", *args], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=cli_env), args) for args, _ in cases]
+    for (process, args), (_, text) in zip(running, cases):
+        stdout, stderr = process.communicate(timeout=300)
+        assert_one_clear_error(subprocess.CompletedProcess(args, process.returncode, stdout, stderr), text)
 
 
 def test_embed_reports_cache_location(ct_path, tmp_path, cli_env):
