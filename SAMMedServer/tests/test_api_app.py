@@ -18,13 +18,14 @@ from sammed_server.api.protocol import PROTOCOL_VERSION, VOLUME_HEADER
 from sammed_server.api.schemas import EncodedArray
 from sammed_server.api.service import Service
 from sammed_server.engine.prompts import SlicePrompts
+from sammed_server.engine.strokes import lasso_mask
 from sammed_server.engine.volume import load_volume
 from sammed_server.evaluation.metrics import dice
 
 LIVER_SLICE, LIVER_BOX = 24, [44.0, 27.0, 104.0, 81.0]  # largest liver slice of example_ct_sm (axis K)
 LIVER = 5  # its value in example_seg
 LASSO_DICE_MIN = 0.90
-SCRIBBLE_DICE_MIN = 0.80  # clicks on a box-trained model go through the click search
+SCRIBBLE_DICE_MIN = 0.90  # 0.971 measured; the points go through the click search (box-trained model)
 
 
 @pytest.fixture(scope="module")
@@ -225,18 +226,21 @@ def test_a_loose_lasso_segments_the_liver(api, ct_id, labels):
     body = response.json()
     masks = codec.decode_array(EncodedArray(**body["masks"]))
     assert masks.shape == (1, 101, 122) and body["best"] == 0 and len(body["lasso_dice"]) == 1
+    inside = lasso_mask(np.array(lasso), 101, 122)
+    assert not np.any(masks[0] & ~inside), "the mask reaches outside the lasso"
+    assert body["lasso_dice"][0] == pytest.approx(dice(masks[0], inside))
     score = dice(masks[0], reference)
     print(f"\nlasso around the liver (slice {LIVER_SLICE}): Dice {score:.3f}, with the lasso {body['lasso_dice'][0]:.3f}")
     assert score >= LASSO_DICE_MIN
     multi = api.post(url, json={"index": LIVER_SLICE, "lasso": lasso, "multimask": True}).json()
     assert multi["masks"]["shape"] == [3, 101, 122] and len(multi["lasso_dice"]) == 3
-    assert multi["best"] == int(np.argmax(multi["lasso_dice"])) and max(multi["lasso_dice"]) == pytest.approx(body["lasso_dice"][0])
+    assert not np.any(codec.decode_array(EncodedArray(**multi["masks"])) & ~inside)
 
 
 def test_a_scribble_inside_the_liver_segments_it(api, ct_id, labels):
     reference = labels[LIVER_SLICE] == LIVER
     depth = ndimage.distance_transform_edt(reference)
-    y, x = np.unravel_index(np.argmax(depth), depth.shape)
+    y, x = (int(v) for v in np.unravel_index(np.argmax(depth), depth.shape))
     reach = 0.8 * float(depth[y, x])  # the scribble stays inside the liver
     scribble = {"points": [[x - reach, y - reach / 2], [x, y], [x + reach, y + reach / 2]]}
     response = api.post(f"/v1/volumes/{ct_id}/predict", json={"index": LIVER_SLICE, "scribbles": [scribble]})

@@ -39,7 +39,8 @@ class PreparedVolume:
 class Prediction:
     """Masks ``(M, rows, cols)`` at slice resolution, predicted IoU ``(M,)``, model-space logits ``(M, r, r)``;
     ``box``: the box (slice pixels) that clicks were resolved to on a box-trained model, else None;
-    ``lasso_dice``: with a lasso, each mask's Dice with it ``(M,)``, else None."""
+    ``lasso_dice``: with a lasso, each mask's Dice with it ``(M,)``, else None (the masks are kept inside the
+    lasso; the logits are the decoder's)."""
 
     masks: np.ndarray
     scores: np.ndarray
@@ -49,8 +50,7 @@ class Prediction:
 
     @property
     def best(self) -> int:
-        """The mask that best matches the lasso when there is one, else the one of highest predicted IoU."""
-        return int(np.argmax(self.scores if self.lasso_dice is None else self.lasso_dice))
+        return int(np.argmax(self.scores))
 
 class SlicePredictor:
     """Embeds slices on demand (through the cache and the device queue) and decodes prompts."""
@@ -176,18 +176,15 @@ class SlicePredictor:
 
     def _predict_lasso(self, prepared: PreparedVolume, axis: int, index: int, prompts: SlicePrompts,
                        prompt_encoder: Optional[torch.nn.Module]) -> Prediction:
-        """A lasso's box (validated prompts) with the other prompts, decoded with ``multimask`` when there are no
-        points (the decoder's three candidates) and as asked otherwise; the candidate of highest Dice with the
-        lasso's mask is the best one, and the only one returned without ``multimask``."""
+        """A lasso (validated prompts): its box, with the other prompts, decoded as any box; then nothing outside
+        the lasso is kept (the user outlined where the object is), and each mask's Dice with the lasso is reported.
+        Choosing among the decoder's three candidates by their overlap with the lasso, or giving the lasso as mask
+        input, measured worse on LiteMedSAM (docs/clicks.md#strokes)."""
         lasso = prompts.lasso_mask
-        candidates = self.predict(prepared, axis, index, replace(
-            prompts, lasso_mask=None, multimask=prompts.multimask or not prompts.points), prompt_encoder)
-        candidates.lasso_dice = np.array([dice(mask, lasso) for mask in candidates.masks])
-        if prompts.multimask:
-            return candidates
-        keep = slice(candidates.best, candidates.best + 1)
-        return Prediction(candidates.masks[keep], candidates.scores[keep], candidates.low_res_logits[keep],
-                          candidates.box, candidates.lasso_dice[keep])
+        prediction = self.predict(prepared, axis, index, replace(prompts, lasso_mask=None), prompt_encoder)
+        prediction.masks = prediction.masks & lasso
+        prediction.lasso_dice = np.array([dice(mask, lasso) for mask in prediction.masks])
+        return prediction
 
     def _predict_clicks(self, prepared: PreparedVolume, axis: int, index: int, embedding: torch.Tensor,
                         prompts: SlicePrompts) -> Prediction:

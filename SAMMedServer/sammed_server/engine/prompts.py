@@ -20,8 +20,7 @@ class SlicePrompts:
     the click search of box-trained models.
 
     Strokes: each of ``scribbles`` adds points along it (its label kept); a ``lasso`` (polygon vertices) becomes
-    the box around it, and its rasterised polygon ``lasso_mask`` picks the decoder's candidate
-    (:meth:`validated` does both)."""
+    the box around it, and its rasterised polygon ``lasso_mask`` bounds the masks (:meth:`validated` does both)."""
 
     points: Sequence[tuple[float, float]] = ()
     labels: Sequence[int] = ()

@@ -1,5 +1,5 @@
 """Strokes on one slice, turned into the prompts the model takes: a scribble (open polyline) becomes points along
-it, a lasso (closed polygon) becomes a box and a mask to choose the decoder's candidate by.
+it, a lasso (closed polygon) becomes a box and a mask the result is kept inside.
 
 Coordinates are slice pixels ``(x, y)`` (x = column, y = row) with pixel centres at integers, as for points.
 """
