@@ -160,7 +160,7 @@ class SAMMedClient:
         """Segment slice ``index`` along IJK ``axis`` from points (x, y) with labels (1 = +, 0 = −) and/or a box.
 
         Strokes: ``lasso`` is a closed polygon of (x, y) vertices (instead of a box: its bounding box is the box,
-        and the mask that overlaps it most is kept, see ``PredictResult.lasso_dice``); ``scribbles`` are
+        and the masks are kept inside it, see ``PredictResult.lasso_dice``); ``scribbles`` are
         ``(polyline, label)`` pairs, each becoming a few points along its polyline.
 
         ``use_previous_mask`` refines with the low-res logits the server kept from this ``session``'s

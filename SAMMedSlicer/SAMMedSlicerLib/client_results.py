@@ -51,7 +51,7 @@ class VolumeInfo:
 @dataclass(frozen=True)
 class PredictResult:
     """``masks (M, rows, cols)`` bool at slice resolution, ``scores (M,)`` predicted IoU, ``best`` index;
-    ``lasso_dice (M,)``: with a lasso, each mask's Dice with it (``best`` is the highest), else None."""
+    ``lasso_dice (M,)``: with a lasso, each mask's Dice with it (the masks lie inside it), else None."""
 
     volume_id: str
     axis: int

@@ -135,7 +135,7 @@ class PredictRequest(Strict):
     lasso: Optional[list[tuple[float, float]]] = Field(
         None, max_length=MAX_STROKE_POINTS,
         description="closed polygon [[x, y], ...], at least 3 vertices on the slice: its bounding box is the box "
-                    "(not with box) and the candidate mask that overlaps it most is kept",
+                    "(not with box) and the masks are kept inside it",
     )
     scribbles: list[Scribble] = Field(default_factory=list, max_length=MAX_SCRIBBLES,
                                       description="open polylines, each adding points along it with its label")
@@ -167,7 +167,7 @@ class PredictResponse(BaseModel):
         None, description="x0, y0, x1, y1: the box the clicks were resolved to (box-trained models), else null"
     )
     lasso_dice: Optional[list[float]] = Field(
-        None, description="with a lasso: each mask's Dice with the lasso's polygon (best is the highest), else null"
+        None, description="with a lasso: each mask's Dice with the lasso's rasterised polygon, else null"
     )
     cached: bool = Field(description="whether the slice embedding was cached before this request")
     timing_ms: dict[str, float]
