@@ -32,8 +32,9 @@ from SAMMedSlicerLib.worker import SOURCES, Handover, Worker, WorkerInfo, local_
 from SAMMedSlicerLib.worker_install import InstallRun, install_plan
 
 SETTINGS_PREFIX = "SAMMed/"
-SHORTCUTS = {"Shift+A": "positivePoints", "Shift+S": "negativePoints", "Shift+B": "box"}
-PROMPT_ROLES = ("positivePoints", "negativePoints", "box")
+SHORTCUTS = {"Shift+A": "positivePoints", "Shift+S": "negativePoints", "Shift+B": "box", "Shift+L": "lasso",
+             "Shift+D": "scribble"}
+PROMPT_ROLES = ("positivePoints", "negativePoints", "box", "lasso", "scribble")
 POLL_MS = 500
 HANDOVER = "SAMMedSlicerWorkerHandover"  # slicer.modules attribute: the running worker, from Reload to the new widget
 SOURCE_LABELS = {"slicer": "Slicer's Python", "python": "Another Python", "remote": "Remote worker"}
@@ -47,8 +48,9 @@ class SAMMedSlicer(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.contributors = ["SAMMed developers"]
         self.parent.helpText = (
-            "Segment CT/MR structures with Segment Anything: place a box and +/− points in any slice view; the "
-            "selected segment updates on that slice. Ctrl+Z undoes the last prompt."
+            "Segment CT/MR structures with Segment Anything: place a box, +/− points, a lasso or a scribble in any "
+            "slice view (a lasso or scribble ends with a right-click); the selected segment updates on that slice. "
+            "Ctrl+Z undoes the last prompt."
         )
         self.parent.acknowledgementText = (
             "Uses LiteMedSAM / Segment Anything models run by the sammed-server worker."
@@ -293,9 +295,9 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # parameter node ------------------------------------------------------------------------------
     def initializeParameterNode(self) -> None:
         self.params = self.logic.parameters()
-        if self.params.reference("box") is None:
-            for role, node in create_prompt_nodes(slicer.mrmlScene).items():
-                self.params.set_reference(role, node)
+        missing = [role for role in PROMPT_ROLES if self.params.reference(role) is None]  # scenes saved before a role
+        for role, node in create_prompt_nodes(slicer.mrmlScene, missing).items():
+            self.params.set_reference(role, node)
         volume = self.params.reference("volume") or slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
         self.ui.volumeSelector.setCurrentNode(volume)
         self.ui.segmentationSelector.setCurrentNode(self.params.reference("segmentation"))
@@ -626,7 +628,7 @@ class SAMMedSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # prompts: the place buttons follow the interaction node (Esc / right-click leave place mode) -------------
     def _placeButtons(self) -> dict[str, Any]:
         return {"positivePoints": self.ui.positivePointButton, "negativePoints": self.ui.negativePointButton,
-                "box": self.ui.boxButton}
+                "box": self.ui.boxButton, "lasso": self.ui.lassoButton, "scribble": self.ui.scribbleButton}
 
     def _promptNodes(self) -> dict[str, list[Any]]:
         """The markups of each prompt role; boxes include the ROI nodes the session adopted for later boxes."""

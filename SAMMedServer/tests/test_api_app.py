@@ -10,6 +10,8 @@ import zlib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from scipy import ndimage
+from skimage import measure
 
 from sammed_server.api import codec
 from sammed_server.api.app import create_app
@@ -17,9 +19,14 @@ from sammed_server.api.protocol import PROTOCOL_VERSION, VOLUME_HEADER
 from sammed_server.api.schemas import EncodedArray
 from sammed_server.api.service import Service
 from sammed_server.engine.prompts import SlicePrompts
+from sammed_server.engine.strokes import lasso_mask
 from sammed_server.engine.volume import load_volume
+from sammed_server.evaluation.metrics import dice
 
 LIVER_SLICE, LIVER_BOX = 24, [44.0, 27.0, 104.0, 81.0]  # largest liver slice of example_ct_sm (axis K)
+LIVER = 5  # its value in example_seg
+LASSO_DICE_MIN = 0.90
+SCRIBBLE_DICE_MIN = 0.90  # 0.971 measured; the points go through the click search (box-trained model)
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +174,9 @@ def test_uncached_slice_encodes_that_slice_only(api, backend):
         ({"index": 3, "points": [[1, 2]], "labels": [2]}, "labels.0"),
         ({"index": 3, "box": [0, 0, 5, 5], "colour": "red"}, "colour"),
         ({"box": [0, 0, 5, 5]}, "index"),
+        ({"index": 3, "lasso": [[1, 2]] * 1025}, "lasso"),
+        ({"index": 3, "scribbles": [{"points": [[1, 2]], "label": 3}]}, "scribbles.0.label"),
+        ({"index": 3, "scribbles": [{"points": [[1, 2]], "colour": "red"}]}, "scribbles.0.colour"),
         ([1, 2, 3], "body"),
     ],
 )
@@ -183,6 +193,65 @@ def test_engine_input_errors_are_400(api, ct_id):
     assert_error(api.post(url, json={"index": 3}), 400, "invalid_input", "at least one point or a box")
     assert_error(api.post(url, json={"index": 3, "box": [0, 0, 5, 5], "window": "nonsense"}), 400, "invalid_input")
     assert_error(api.post(url, json={"index": 3, "box": [0, 0, 5, 5], "model": "sam_vit_z"}), 404, "unknown_model")
+
+
+def test_bad_strokes_are_400(api, ct_id):
+    url = f"/v1/volumes/{ct_id}/predict"
+    triangle = [[1, 1], [20, 1], [20, 9]]
+    assert_error(api.post(url, json={"index": 3, "lasso": triangle[:2]}), 400, "invalid_input", "at least 3 vertices")
+    assert_error(api.post(url, json={"index": 3, "lasso": [[1, 1], [20, 1], [20, 500]]}), 400, "invalid_input",
+                 "lasso vertex (20, 500) is outside the 122×101 slice")
+    assert_error(api.post(url, json={"index": 3, "lasso": [[1, 1], [9, 1], [20, 1]]}), 400, "invalid_input", "no area")
+    assert_error(api.post(url, json={"index": 3, "lasso": triangle, "box": [1, 1, 20, 9]}), 400, "invalid_input",
+                 "a lasso or a box, not both")
+    assert_error(api.post(url, json={"index": 3, "scribbles": [{"points": [[5, 5], [500, 2]]}]}), 400, "invalid_input",
+                 "scribble point (500, 2) is outside")
+    assert_error(api.post(url, json={"index": 3, "scribbles": [{"points": []}]}), 400, "invalid_input", "at least one point")
+    nan = api.post(url, content=b'{"index": 3, "lasso": [[1, NaN], [20, 1], [20, 9]]}',
+                   headers={"Content-Type": "application/json"})  # JSON has no NaN: the schema refuses it, as for points
+    assert assert_error(nan, 422, "validation_error", "finite")["field"] == "lasso.0.1"
+
+
+def loose_lasso(reference: np.ndarray, margin: int = 4, vertices: int = 16) -> list[list[float]]:
+    """A closed curve about ``margin`` pixels outside an organ's outline, as a user draws one: ``vertices`` points."""
+    outline = max(measure.find_contours(ndimage.binary_dilation(reference, iterations=margin).astype(float), 0.5), key=len)
+    picked = outline[np.linspace(0, len(outline), vertices, endpoint=False).astype(int)]
+    return [[float(x), float(y)] for y, x in picked]
+
+
+def test_a_loose_lasso_segments_the_liver(api, ct_id, labels):
+    reference = labels[LIVER_SLICE] == LIVER
+    url, lasso = f"/v1/volumes/{ct_id}/predict", loose_lasso(reference)
+    response = api.post(url, json={"index": LIVER_SLICE, "lasso": lasso})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    masks = codec.decode_array(EncodedArray(**body["masks"]))
+    assert masks.shape == (1, 101, 122) and body["best"] == 0 and len(body["lasso_dice"]) == 1
+    inside = lasso_mask(np.array(lasso), 101, 122)
+    assert not np.any(masks[0] & ~inside), "the mask reaches outside the lasso"
+    assert body["lasso_dice"][0] == pytest.approx(dice(masks[0], inside))
+    score = dice(masks[0], reference)
+    print(f"\nlasso around the liver (slice {LIVER_SLICE}): Dice {score:.3f}, with the lasso {body['lasso_dice'][0]:.3f}")
+    assert score >= LASSO_DICE_MIN
+    multi = api.post(url, json={"index": LIVER_SLICE, "lasso": lasso, "multimask": True}).json()
+    assert multi["masks"]["shape"] == [3, 101, 122] and len(multi["lasso_dice"]) == 3
+    assert not np.any(codec.decode_array(EncodedArray(**multi["masks"])) & ~inside)
+
+
+def test_a_scribble_inside_the_liver_segments_it(api, ct_id, labels):
+    reference = labels[LIVER_SLICE] == LIVER
+    depth = ndimage.distance_transform_edt(reference)
+    y, x = (int(v) for v in np.unravel_index(np.argmax(depth), depth.shape))
+    reach = 0.8 * float(depth[y, x])  # the scribble stays inside the liver
+    scribble = {"points": [[x - reach, y - reach / 2], [x, y], [x + reach, y + reach / 2]]}
+    response = api.post(f"/v1/volumes/{ct_id}/predict", json={"index": LIVER_SLICE, "scribbles": [scribble]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    mask = codec.decode_array(EncodedArray(**body["masks"]))[0]
+    score = dice(mask, reference)
+    print(f"\nscribble inside the liver (slice {LIVER_SLICE}): Dice {score:.3f}")
+    assert body["lasso_dice"] is None and body["box"] is not None  # the click search resolved the points to a box
+    assert mask[y, x] and score >= SCRIBBLE_DICE_MIN
 
 
 def test_malformed_and_unknown_requests_get_the_error_model(api, ct_id):

@@ -147,6 +147,8 @@ class SAMMedClient:
         points: Sequence[Sequence[float]] = (),
         labels: Sequence[int] = (),
         box: Optional[Sequence[float]] = None,
+        lasso: Optional[Sequence[Sequence[float]]] = None,
+        scribbles: Sequence[tuple[Sequence[Sequence[float]], int]] = (),
         mask_input: Optional[np.ndarray] = None,
         use_previous_mask: bool = False,
         session: str = "default",
@@ -156,6 +158,10 @@ class SAMMedClient:
         prompt_encoder: Optional[str] = None,
     ) -> PredictResult:
         """Segment slice ``index`` along IJK ``axis`` from points (x, y) with labels (1 = +, 0 = −) and/or a box.
+
+        Strokes: ``lasso`` is a closed polygon of (x, y) vertices (instead of a box: its bounding box is the box,
+        and the masks are kept inside it, see ``PredictResult.lasso_dice``); ``scribbles`` are
+        ``(polyline, label)`` pairs, each becoming a few points along its polyline.
 
         ``use_previous_mask`` refines with the low-res logits the server kept from this ``session``'s
         last predict on the same slice (none yet: no mask input); ``mask_input`` gives such logits
@@ -168,6 +174,11 @@ class SAMMedClient:
             "use_previous_mask": bool(use_previous_mask), "session": session, "multimask": bool(multimask),
             "model": model, "window": window, "prompt_encoder": prompt_encoder,
         }
+        if lasso is not None:  # strokes only when given: a worker older than them still takes every other prompt
+            request["lasso"] = [[float(x), float(y)] for x, y in lasso]
+        if scribbles:
+            request["scribbles"] = [{"points": [[float(x), float(y)] for x, y in line], "label": int(label)}
+                                    for line, label in scribbles]
         if mask_input is not None:
             request["mask_input"] = encode_float(mask_input)
         body = self._call("POST", f"/volumes/{_quote(volume_id)}/predict", request, idempotent=not use_previous_mask)
@@ -175,6 +186,7 @@ class SAMMedClient:
             volume_id=body["volume_id"], axis=body["axis"], index=body["index"], model=body["model"],
             masks=decode_array(body["masks"]), scores=np.asarray(body["scores"], dtype=np.float32), best=body["best"],
             cached=body["cached"], timing_ms=body["timing_ms"],
+            lasso_dice=None if body.get("lasso_dice") is None else np.asarray(body["lasso_dice"], dtype=np.float32),
         )
 
     # jobs --------------------------------------------------------------------------------

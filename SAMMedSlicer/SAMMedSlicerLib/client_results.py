@@ -50,7 +50,8 @@ class VolumeInfo:
 
 @dataclass(frozen=True)
 class PredictResult:
-    """``masks (M, rows, cols)`` bool at slice resolution, ``scores (M,)`` predicted IoU, ``best`` index."""
+    """``masks (M, rows, cols)`` bool at slice resolution, ``scores (M,)`` predicted IoU, ``best`` index;
+    ``lasso_dice (M,)``: with a lasso, each mask's Dice with it (the masks lie inside it), else None."""
 
     volume_id: str
     axis: int
@@ -61,6 +62,7 @@ class PredictResult:
     best: int
     cached: bool
     timing_ms: dict
+    lasso_dice: Optional[np.ndarray] = None
 
     @property
     def mask(self) -> np.ndarray:

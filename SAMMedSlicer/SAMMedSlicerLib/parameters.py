@@ -11,7 +11,7 @@ from typing import Any, Optional
 MODULE_NAME = "SAMMedSlicer"
 SEGMENT_EDITOR_TAG = "SegmentEditor"  # the Segment Editor module's own node (Modules/Scripted/SegmentEditor)
 NODE_NAME = "SAMMedSlicerParameters"
-REFERENCES = ("volume", "segmentation", "positivePoints", "negativePoints", "box")
+REFERENCES = ("volume", "segmentation", "positivePoints", "negativePoints", "box", "lasso", "scribble")
 DEFAULTS = {
     "segmentId": "",
     "model": "litemedsam",

@@ -1,4 +1,5 @@
-"""Prompt placement (Qt-free): markups nodes in the slice views → "a point was placed / dragged, a box was drawn".
+"""Prompt placement (Qt-free): markups nodes in the slice views → "a point was placed / dragged, a box was drawn,
+a lasso or scribble was finished".
 
 How Slicer places markups, and what this module does about it (Slicer's ``vtkMRMLMarkupsDisplayableManager``,
 ``vtkSlicerMarkupsWidget``):
@@ -12,12 +13,19 @@ How Slicer places markups, and what this module does about it (Slicer's ``vtkMRM
   ours was the active place node (styles and observes it like the first), and removes adopted ROIs that never
   became a box when Place mode ends (right-click, Esc), so no stray "R" node is left.
 - Esc is not a markups key in Slicer; :meth:`PromptPlacement.watch_keys` makes it leave Place mode in a view.
+- A curve (the lasso's closed curve, the scribble's open one) has no maximum number of points: each click in
+  Place mode adds one (``vtkMRMLMarkupsCurveNode`` asks for 10^6, so even one-time placing goes on), and placing
+  ends with a right-click or a double-click (``vtkSlicerMarkupsWidget``: ``WidgetEventStopPlace`` switches to view
+  transform), Esc, or another place tool. The interaction node then fires ``EndPlacementEvent``, after the
+  displayable manager has removed the preview point that follows the mouse. That is when a curve is finished:
+  its defined points are copied into a stroke node of its own (one markup per prompt, for undo) and the curve
+  node, the "pen", is emptied for the next stroke.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import vtk
@@ -25,20 +33,28 @@ import vtk
 from .placing import is_being_placed, leave_place_mode
 
 POINT_KINDS = {"positivePoints": "positive", "negativePoints": "negative"}
+CURVE_ROLES = ("lasso", "scribble")
 MOVING_INDEX_ATTRIBUTE = "Markups.MovingMarkupIndex"  # vtkMRMLMarkupsDisplayNode::GetMovingMarkupIndexAttributeName()
 BOX_NAME = "SAMMed box"
 INTERACTION_NODE = "vtkMRMLInteractionNodeSingleton"
 SELECTION_NODE = "vtkMRMLSelectionNodeSingleton"
 
 
-def create_prompt_nodes(scene: Any) -> dict[str, Any]:
-    """New "+" and "−" point lists and a box ROI, coloured and named for the panel."""
+PROMPT_MARKUPS = {  # role: (markups class, name, colour)
+    "positivePoints": ("vtkMRMLMarkupsFiducialNode", "SAMMed +", (0.2, 0.9, 0.2)),
+    "negativePoints": ("vtkMRMLMarkupsFiducialNode", "SAMMed −", (0.95, 0.2, 0.2)),
+    "box": ("vtkMRMLMarkupsROINode", BOX_NAME, (1.0, 0.85, 0.1)),
+    "lasso": ("vtkMRMLMarkupsClosedCurveNode", "SAMMed lasso", (1.0, 0.5, 0.1)),
+    "scribble": ("vtkMRMLMarkupsCurveNode", "SAMMed scribble", (0.2, 0.9, 0.2)),
+}
+
+
+def create_prompt_nodes(scene: Any, roles: Sequence[str] = tuple(PROMPT_MARKUPS)) -> dict[str, Any]:
+    """New prompt markups (default: all of them: "+" and "−" point lists, a box ROI, a lasso and a scribble
+    curve), coloured and named for the panel. Curves are drawn straight between their points, as they are sent."""
     nodes = {}
-    for role, cls, name, color in (
-        ("positivePoints", "vtkMRMLMarkupsFiducialNode", "SAMMed +", (0.2, 0.9, 0.2)),
-        ("negativePoints", "vtkMRMLMarkupsFiducialNode", "SAMMed −", (0.95, 0.2, 0.2)),
-        ("box", "vtkMRMLMarkupsROINode", BOX_NAME, (1.0, 0.85, 0.1)),
-    ):
+    for role in roles:
+        cls, name, color = PROMPT_MARKUPS[role]
         node = scene.AddNewNodeByClass(cls, name)
         node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
@@ -46,6 +62,8 @@ def create_prompt_nodes(scene: Any) -> dict[str, Any]:
         display.SetColor(*color)
         display.SetPropertiesLabelVisibility(False)  # the colour says what it is; names would cover the image
         display.SetPointLabelsVisibility(False)
+        if role in CURVE_ROLES:
+            node.SetCurveTypeToLinear()
         nodes[role] = node
     return nodes
 
@@ -64,25 +82,38 @@ def roi_corners(roi: Any) -> np.ndarray:
     return np.asarray(center) + (signs * radius) @ np.array(axes)
 
 
+def defined_points(node: Any) -> np.ndarray:
+    """``(n, 3)`` world positions of a markup's defined control points (not the preview point following the mouse)."""
+    points, position = [], [0.0, 0.0, 0.0]
+    for n in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointPositionStatus(n) == node.PositionDefined:
+            node.GetNthControlPointPositionWorld(n, position)
+            points.append(list(position))
+    return np.asarray(points, float).reshape(-1, 3)
+
+
 class PromptPlacement:
-    """Observes the prompt markups and reports finished placements through three callbacks.
+    """Observes the prompt markups and reports finished placements through four callbacks.
 
     ``on_point(kind, node, index)`` — a point was placed; ``on_point_moved(node, index)`` — a point was dragged;
-    ``on_box(roi)`` — a box was drawn or its handles released. ``guard(callback, *args)`` runs each of them (the
-    session keeps errors instead of raising into VTK).
+    ``on_box(roi)`` — a box was drawn or its handles released; ``on_curve(role, stroke)`` — a lasso or scribble
+    was finished, ``stroke`` being the node it was copied into: it stays if this returns True, else it is removed.
+    ``guard(callback, *args)`` runs each of them (the session keeps errors instead of raising into VTK).
     """
 
     def __init__(
         self, scene: Any, on_point: Callable[[str, Any, int], None], on_point_moved: Callable[[Any, int], None],
-        on_box: Callable[[Any], None], guard: Callable[..., None],
+        on_box: Callable[[Any], None], on_curve: Callable[[str, Any], bool], guard: Callable[..., None],
     ) -> None:
         self.scene = scene
         self._on_point = on_point
         self._on_point_moved = on_point_moved
         self._on_box = on_box
+        self._on_curve = on_curve
         self._guard = guard
         self._nodes: dict[str, Any] = {}
         self._adopted: list[Any] = []  # ROI nodes the displayable manager created for later boxes
+        self._strokes: list[Any] = []  # finished lassos and scribbles, one node each
         self._ours: set[str] = set()  # ids of every ROI node that is or was a box node (removed ones too)
         self._observations: list[tuple[Any, int]] = []
         self._muted = False
@@ -92,11 +123,12 @@ class PromptPlacement:
 
     # nodes -------------------------------------------------------------------------------------
     def observe(self, nodes: dict[str, Any]) -> None:
-        """Watch ``{"positivePoints": ..., "negativePoints": ..., "box": ...}`` and the place mode."""
+        """Watch ``{"positivePoints": ..., "negativePoints": ..., "box": ..., "lasso": ..., "scribble": ...}``
+        (roles may be missing) and the place mode."""
         self.unobserve()
         self._nodes = dict(nodes)
         for role, node in self._nodes.items():
-            if node is None:
+            if node is None or role in CURVE_ROLES:  # a curve is a prompt when its placing ends (see above)
                 continue
             if role in POINT_KINDS:
                 self._add_observer(node, "PointPositionDefinedEvent", self._point_placed(POINT_KINDS[role]))
@@ -111,6 +143,7 @@ class PromptPlacement:
         if interaction is not None:
             self._placing = interaction.GetCurrentInteractionMode() == interaction.Place
             self._add_observer(interaction, "ModifiedEvent", lambda node, _: self._mode_changed(node))
+            self._add_observer(interaction, "EndPlacementEvent", lambda _node, _: self._placement_ended())
 
     def unobserve(self) -> None:
         for node, tag in self._observations:
@@ -138,14 +171,23 @@ class PromptPlacement:
             with self.muted():
                 self.scene.RemoveNode(node)
 
+    def remove_stroke(self, node: Any) -> None:
+        """Remove a finished lasso or scribble from the scene (undo of its prompt)."""
+        self._strokes = [n for n in self._strokes if n is not node]
+        if self.scene.IsNodePresent(node):
+            with self.muted():
+                self.scene.RemoveNode(node)
+
     def clear(self) -> None:
-        """Remove every point and box: the first box node is emptied, adopted ones are removed."""
+        """Remove every prompt markup: the role nodes are emptied, adopted ROIs and strokes are removed."""
         with self.muted():
             for node in self._nodes.values():
                 if node is not None:
                     node.RemoveAllControlPoints()
             for node in list(self._adopted):
                 self.remove_adopted(node)
+            for node in list(self._strokes):
+                self.remove_stroke(node)
 
     @contextmanager
     def muted(self) -> Iterator[None]:
@@ -218,9 +260,43 @@ class PromptPlacement:
 
         return handle
 
+    def _placement_ended(self) -> None:
+        """Place mode ended (right-click, double-click, Esc): the curve being placed, if any, is finished."""
+        self._finish_curve(self._active_place_id)
+
+    def _finish_curve(self, node_id: str) -> None:
+        """Copy a curve's defined points into a stroke node of its own, empty the curve for the next stroke, and
+        report the stroke (removed again unless the callback keeps it)."""
+        role = next((r for r in CURVE_ROLES if self._nodes.get(r) is not None and self._nodes[r].GetID() == node_id), None)
+        if role is None or self._muted:
+            return
+        pen = self._nodes[role]
+        points = defined_points(pen)
+        with self.muted():
+            pen.RemoveAllControlPoints()
+        if not len(points):
+            return
+        positions = vtk.vtkPoints()
+        for point in points:
+            positions.InsertNextPoint(*point)
+        stroke = self.scene.AddNewNodeByClass(pen.GetClassName(), self.scene.GenerateUniqueName(pen.GetName()))
+        stroke.CreateDefaultDisplayNodes()
+        stroke.GetDisplayNode().CopyContent(pen.GetDisplayNode())
+        stroke.SetCurveType(pen.GetCurveType())
+        stroke.SetControlPointPositionsWorld(positions)
+        stroke.SetLocked(True)  # a stroke is redrawn, not edited: undo it and draw again
+        self._strokes.append(stroke)
+        kept = []
+        self._guard(lambda: kept.append(bool(self._on_curve(role, stroke))))
+        if not any(kept):
+            self.remove_stroke(stroke)
+
     def _place_node_changed(self, selection: Any) -> None:
-        """The displayable manager made a new ROI the active place node after one of ours was full: adopt it."""
+        """Another place tool was chosen while a curve was being placed: that curve is finished. The displayable
+        manager made a new ROI the active place node after one of ours was full: adopt it."""
         previous, self._active_place_id = self._active_place_id, selection.GetActivePlaceNodeID() or ""
+        if previous != self._active_place_id:
+            self._finish_curve(previous)
         if previous == self._active_place_id or previous not in self._ours:
             return
         node = self.scene.GetNodeByID(self._active_place_id)

@@ -7,12 +7,13 @@ axis 2: ``(i, j)``, axis 1: ``(i, k)``, axis 0: ``(j, k)``, in voxel-centre unit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence
 
 import numpy as np
 
-PromptKind = Literal["positive", "negative", "box"]
+PromptKind = Literal["positive", "negative", "box", "lasso", "scribble"]
+REGION_KINDS = ("box", "lasso")  # the newest of them on a slice is its region prompt
 
 IN_PLANE_AXES: dict[int, tuple[int, int]] = {2: (0, 1), 1: (0, 2), 0: (1, 2)}
 """For each slicing axis, the IJK indices that become slice pixel (x, y)."""
@@ -94,24 +95,70 @@ def box_on_slice(
 
 
 @dataclass(frozen=True)
+class SliceCurve:
+    """A curve on one slice: its vertices ``(x, y)`` in slice pixels on slice ``index`` along ``axis``."""
+
+    axis: int
+    index: int
+    vertices: tuple[tuple[float, float], ...]
+
+
+def curve_on_slice(
+    ras_to_ijk_matrix: np.ndarray, points_ras: np.ndarray, axis: int, dims_ijk: Sequence[int], closed: bool
+) -> SliceCurve:
+    """A curve's control points as pixels on the slice they lie in (a curve placed in a slice view lies in its
+    plane). A ``closed`` curve (lasso) reaching past the image is clamped to its edge (it still outlines the part
+    on the image); an open one (scribble) must lie on the image. Raises OutsideVolumeError otherwise, or when the
+    points do not lie in one slice."""
+    ijk = np.array([ras_to_ijk(ras_to_ijk_matrix, point) for point in np.asarray(points_ras, float).reshape(-1, 3)])
+    across = np.round(ijk[:, axis]).astype(int)
+    if across.min() != across.max():
+        raise OutsideVolumeError(f"the curve crosses slices {across.min()}..{across.max()}: draw it in one slice view")
+    index = int(across[0])
+    if not 0 <= index < dims_ijk[axis]:
+        raise OutsideVolumeError(f"the curve's slice {index} is outside the volume (axis {axis})")
+    ax_x, ax_y = IN_PLANE_AXES[axis]
+    xy = ijk[:, [ax_x, ax_y]]
+    high = np.array([dims_ijk[ax_x], dims_ijk[ax_y]]) - 0.5
+    if closed:
+        xy = np.clip(xy, -0.5, high)
+    elif np.any(xy < -0.5) or np.any(xy > high):
+        raise OutsideVolumeError("the scribble reaches outside the volume")
+    return SliceCurve(axis, index, tuple((float(x), float(y)) for x, y in xy))
+
+
+@dataclass(frozen=True)
 class Prompt:
     """One placed prompt: what it is, where it fell, and the markups control point it came from."""
 
     kind: PromptKind
     axis: int
     index: int
-    coords: tuple[float, ...]  # (x, y) for points, (x0, y0, x1, y1) for a box
+    coords: tuple[float, ...]  # (x, y) for points, (x0, y0, x1, y1) for a box, x0, y0, x1, y1, ... for a curve
     node_id: str
     point_id: str = ""
+
+    @property
+    def vertices(self) -> list[tuple[float, float]]:
+        """The coordinates as (x, y) pairs (a curve's vertices)."""
+        return list(zip(self.coords[0::2], self.coords[1::2]))
 
 
 @dataclass
 class SlicePrompts:
-    """Everything prompted on one slice, in the form the worker's predict takes."""
+    """Everything prompted on one slice, in the form the worker's predict takes: points, and the newest box or
+    lasso, and scribbles as ``(vertices, label)``."""
 
     points: list[tuple[float, float]]
     labels: list[int]
     box: Optional[tuple[float, float, float, float]]
+    lasso: Optional[list[tuple[float, float]]] = None
+    scribbles: list[tuple[list[tuple[float, float]], int]] = field(default_factory=list)
+
+    @property
+    def has_foreground(self) -> bool:
+        """Whether anything here selects (a box, a lasso, a "+" point or scribble): "−" alone select nothing."""
+        return self.box is not None or self.lasso is not None or 1 in self.labels or bool(self.scribbles)
 
 
 class PromptLog:
@@ -143,17 +190,20 @@ class PromptLog:
     def clear(self) -> None:
         self._prompts.clear()
 
-    def on_slice_boxes(self, axis: int, index: int) -> list[Prompt]:
-        """The boxes placed on slice ``index`` along ``axis``, oldest first."""
-        return [p for p in self._prompts if p.kind == "box" and p.axis == axis and p.index == index]
+    def on_slice_regions(self, axis: int, index: int) -> list[Prompt]:
+        """The boxes and lassos placed on slice ``index`` along ``axis``, oldest first."""
+        return [p for p in self._prompts if p.kind in REGION_KINDS and p.axis == axis and p.index == index]
 
     def on_slice(self, axis: int, index: int) -> SlicePrompts:
-        """Points of both signs and the latest box placed on slice ``index`` along ``axis``."""
+        """Points of both signs, scribbles, and the latest box or lasso placed on slice ``index`` along ``axis``."""
         here = [p for p in self._prompts if p.axis == axis and p.index == index]
-        points = [p for p in here if p.kind != "box"]
-        boxes = [p for p in here if p.kind == "box"]
+        points = [p for p in here if p.kind in ("positive", "negative")]
+        regions = [p for p in here if p.kind in REGION_KINDS]
+        region = regions[-1] if regions else None
         return SlicePrompts(
             points=[(p.coords[0], p.coords[1]) for p in points],
             labels=[1 if p.kind == "positive" else 0 for p in points],
-            box=tuple(boxes[-1].coords) if boxes else None,  # type: ignore[arg-type]
+            box=tuple(region.coords) if region is not None and region.kind == "box" else None,  # type: ignore[arg-type]
+            lasso=region.vertices if region is not None and region.kind == "lasso" else None,
+            scribbles=[(p.vertices, 1) for p in here if p.kind == "scribble"],
         )

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import prompts as P
 from .client import ConnectionFailedError, RequestTimeoutError
-from .placement import PromptPlacement, create_prompt_nodes, roi_corners
+from .placement import PromptPlacement, create_prompt_nodes, defined_points, roi_corners
 from .predictions import PredictionQueue
 from .segments import EditSettings, SegmentSlices, SliceEdit
 from .upload import Progress, VolumeUpload
@@ -73,7 +73,9 @@ class WorkerClient(Protocol):
                       direction: Sequence[float]) -> Any: ...
 
     def predict(self, volume_id: str, axis: int, index: int, points: Sequence[Sequence[float]] = (),
-                labels: Sequence[int] = (), box: Optional[Sequence[float]] = None, **options: Any) -> Any: ...
+                labels: Sequence[int] = (), box: Optional[Sequence[float]] = None,
+                lasso: Optional[Sequence[Sequence[float]]] = None,
+                scribbles: Sequence[tuple[Sequence[Sequence[float]], int]] = (), **options: Any) -> Any: ...
 
     def start_embedding(self, volume_id: str, axis: int = 2, focus: Optional[int] = None, **options: Any) -> str: ...
 
@@ -108,7 +110,7 @@ class Session(SessionWorkflows):
     ``model`` is passed to every predict; ``editor_node`` gives the Segment Editor settings (default: the scene's
     first ``vtkMRMLSegmentEditorNode``); a point's slice is the one of the slice view whose plane contains it
     (``active_slice_node`` first), else along ``default_axis`` (2 = K); a box's is the view plane through its
-    centre that it is thinnest across.
+    centre that it is thinnest across; a lasso's or scribble's is the view plane it was drawn in.
     Errors are kept in ``errors`` and passed to ``on_error``. A prediction that finds the worker unreachable goes to
     ``on_worker_lost`` (the panel passes :meth:`.worker.Worker.report_lost`, so one death is one message however it
     is noticed); without it, it is reported here once until the worker answers again. Hints for the user (e.g. "draw a box first") go to ``notices`` / ``on_notice``.
@@ -140,7 +142,8 @@ class Session(SessionWorkflows):
         self.task = None
         self.pending = None
         self.worker_down = False  # the last call found no worker (reported once)
-        self.placement = PromptPlacement(scene, self._point_placed, self._point_dragged, self._box_drawn, self._guarded)
+        self.placement = PromptPlacement(scene, self._point_placed, self._point_dragged, self._box_drawn,
+                                         self._curve_drawn, self._guarded)
         self._placed_at: dict[str, tuple[float, ...]] = {}  # markups point id → its RAS when last predicted
         self._placed_boxes: list[tuple[P.SliceBox, Any]] = []  # each accepted box and a copy of its ROI node
         self._predictions = PredictionQueue()
@@ -200,7 +203,8 @@ class Session(SessionWorkflows):
 
     # prompt nodes ------------------------------------------------------------------------------
     def observe(self, nodes: dict[str, Any]) -> None:
-        """Watch the prompt markups: ``{"positivePoints": ..., "negativePoints": ..., "box": ...}``."""
+        """Watch the prompt markups: ``{"positivePoints": ..., "negativePoints": ..., "box": ..., "lasso": ...,
+        "scribble": ...}``."""
         self.placement.observe(nodes)
 
     @property
@@ -223,6 +227,9 @@ class Session(SessionWorkflows):
 
     def _box_drawn(self, roi: Any) -> None:
         self.add_roi(roi)
+
+    def _curve_drawn(self, role: str, stroke: Any) -> bool:
+        return self.add_curve(role, stroke) is not None
 
     # prompts -----------------------------------------------------------------------------------
     def add_point(self, kind: str, ras: Sequence[float], node_id: str = "", point_id: str = "") -> PromptStep:
@@ -270,16 +277,40 @@ class Session(SessionWorkflows):
         if previous and box == previous[-1]:
             return None
         self._fit_to_slice(roi, box.axis)
-        replaced = self.prompts.on_slice_boxes(box.axis, box.index)
-        step = self.add_prompt(P.Prompt("box", box.axis, box.index, box.corners, roi.GetID()))
-        superseded = self.scene.GetNodeByID(replaced[-1].node_id) if replaced else None
-        if superseded is not None and superseded is not roi and superseded.GetDisplayNode() is not None:
-            superseded.GetDisplayNode().SetVisibility(False)  # only the newest box of a slice counts: show only it
-            step.hidden = superseded
+        step = self._add_region(P.Prompt("box", box.axis, box.index, box.corners, roi.GetID()), roi)
         snapshot = roi.NewInstance()
         snapshot.CopyContent(roi)
         snapshot.SetAttribute("SAMMed.node", roi.GetID())
         self._placed_boxes.append((box, snapshot))
+        return step
+
+    def add_curve(self, role: str, node: Any) -> Optional[PromptStep]:
+        """A finished lasso (closed curve) or scribble (open curve, a "+" stroke) as a prompt on the slice it was
+        drawn in; the markup ``node`` is the prompt's own (undo removes it). None, with a notice, for a lasso of
+        fewer than 3 points."""
+        if role not in ("lasso", "scribble"):
+            raise ValueError(f"not a curve role: {role!r}")
+        volume = self._require_volume()
+        points = defined_points(node)
+        if role == "lasso" and len(points) < 3:
+            self._notify("a lasso needs 3 points or more: click around the object, then right-click")
+            return None
+        ras_to_ijk = np.linalg.inv(ijk_to_ras(volume))
+        in_views = self._view_axes(points.mean(axis=0))
+        axis = in_views[0] if in_views else _thinnest_axis(ras_to_ijk, points)
+        curve = P.curve_on_slice(ras_to_ijk, points, axis, dims_ijk(volume), closed=role == "lasso")
+        prompt = P.Prompt(role, curve.axis, curve.index, tuple(v for xy in curve.vertices for v in xy), node.GetID())  # type: ignore[arg-type]
+        return self._add_region(prompt, node) if role == "lasso" else self.add_prompt(prompt)
+
+    def _add_region(self, prompt: P.Prompt, node: Any) -> PromptStep:
+        """Add a box or lasso prompt: only the newest region of a slice counts, so the one it replaces is hidden
+        (until undo)."""
+        replaced = self.prompts.on_slice_regions(prompt.axis, prompt.index)
+        step = self.add_prompt(prompt)
+        superseded = self.scene.GetNodeByID(replaced[-1].node_id) if replaced else None
+        if superseded is not None and superseded is not node and superseded.GetDisplayNode() is not None:
+            superseded.GetDisplayNode().SetVisibility(False)
+            step.hidden = superseded
         return step
 
     def _fit_to_slice(self, roi: Any, axis: int) -> None:
@@ -412,12 +443,12 @@ class Session(SessionWorkflows):
             options["prompt_encoder"] = self.prompt_encoder
 
         def run() -> Union[SliceResult, str, None]:  # on the prediction thread
-            if on_slice.box is None and 1 not in on_slice.labels:
+            if not on_slice.has_foreground:
                 if quiet:  # nothing left to predict from on a slice a point moved away from: leave it as it is
                     return None
                 return "place a \"+\" point or a box: \"−\" points alone select nothing"
             result = self.client.predict(self.volume_id, axis, index, on_slice.points, on_slice.labels, on_slice.box,
-                                         **options)
+                                         lasso=on_slice.lasso, scribbles=on_slice.scribbles, **options)
             return SliceResult(segmentation, segment_id, axis, index, np.asarray(result.mask, bool))
 
         request = self._predictions.submit((segment_id, axis, index), run, owner)
@@ -509,6 +540,9 @@ class Session(SessionWorkflows):
                 self.placement.remove_adopted(node)
             else:
                 node.RemoveAllControlPoints()
+        elif prompt.kind in ("lasso", "scribble"):
+            if node is not None:
+                self.placement.remove_stroke(node)
         elif node is not None:
             index = node.GetNthControlPointIndexByID(prompt.point_id)
             if index >= 0:

@@ -145,6 +145,7 @@ def bare_widget(module):
         messageLabel=FakeLabel(), workerStatusLabel=FakeLabel(), cancelTaskButton=FakeLabel(),
         taskProgressBar=FakeLabel(), applyResultButton=FakeLabel(), discardResultButton=FakeLabel(),
         positivePointButton=FakeButton(), negativePointButton=FakeButton(), boxButton=FakeButton(),
+        lassoButton=FakeButton(), scribbleButton=FakeButton(),
     )
     return widget
 
@@ -206,7 +207,8 @@ def test_place_buttons_follow_the_interaction_node(shell, monkeypatch):
     fake_slicer.app = types.SimpleNamespace(applicationLogic=lambda: app_logic)
     nodes = {role: scene.AddNewNodeByClass(cls) for role, cls in (
         ("positivePoints", "vtkMRMLMarkupsFiducialNode"), ("negativePoints", "vtkMRMLMarkupsFiducialNode"),
-        ("box", "vtkMRMLMarkupsROINode"))}
+        ("box", "vtkMRMLMarkupsROINode"), ("lasso", "vtkMRMLMarkupsClosedCurveNode"),
+        ("scribble", "vtkMRMLMarkupsCurveNode"))}
     widget = bare_widget(module)
     widget.params = types.SimpleNamespace(reference=lambda role: nodes[role])
     interaction.AddObserver(interaction.InteractionModeChangedEvent, widget.onInteractionModeChanged)
@@ -218,6 +220,12 @@ def test_place_buttons_follow_the_interaction_node(shell, monkeypatch):
     assert widget.ui.negativePointButton.checked and not widget.ui.boxButton.checked
     interaction.SetCurrentInteractionMode(interaction.ViewTransform)  # what Esc / right-click do
     assert not any(b.checked for b in (widget.ui.positivePointButton, widget.ui.negativePointButton, widget.ui.boxButton))
+    widget.placePrompt("lasso")
+    assert widget.ui.lassoButton.checked and not widget.ui.scribbleButton.checked
+    widget.placePrompt("scribble")
+    assert widget.ui.scribbleButton.checked and not widget.ui.lassoButton.checked
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)  # a right-click ends a curve and place mode
+    assert not widget.ui.scribbleButton.checked
     widget.placePrompt("box")
     widget.exit()  # leaving the module ends place mode and its persistence
     assert interaction.GetCurrentInteractionMode() == interaction.ViewTransform

@@ -39,6 +39,7 @@ def test_parameter_node_round_trips_through_a_saved_scene(mrml, segmentation, tm
     assert again.reference("volume").GetName() == "ct"
     assert again.reference("segmentation").GetSegmentation().GetSegment(segment_id).GetName() == "liver"
     assert again.reference("box").GetClassName() == "vtkMRMLMarkupsROINode"
+    assert again.reference("lasso").GetClassName() == "vtkMRMLMarkupsClosedCurveNode"
     assert again.reference("positivePoints").GetName() == "SAMMed +"
     assert reloaded.scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
 

@@ -9,14 +9,19 @@ exactly once, each box its own ROI node, no stray ROI) → Esc leaves Place mode
 "+" point (re-predicts) → right-click leaves Place mode (no stray ROI) → undo back to the start (segments exactly as
 before, no markups left) → a box in the Green (coronal) view → a box in Red → propagate both ways → Apply.
 
-LiteMedSAM was trained on boxes only: boxes are held to a Dice bound; points are checked for placement and for
-reaching the worker, not for improving Dice.
+Strokes (``out/view/strokes/``): a lasso clicked around the liver in Red and closed with a right-click → a "+"
+scribble inside the liver on another slice → undo both (segment exactly as before, only the empty lasso and
+scribble markups left).
+
+LiteMedSAM was trained on boxes only: boxes and the lasso are held to a Dice bound; points and the scribble are
+checked for placement and for reaching the worker, not for Dice.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ import pytest
 import vtk
 from vtkmodules.util import numpy_support
 
+from SAMMedSlicerLib.placing import start_placing
 from SAMMedSlicerLib.segments import SegmentSlices
 from SAMMedSlicerLib.session import Session, create_prompt_nodes
 from SAMMedSlicerLib.volume import ijk_to_ras, voxel_array
@@ -35,6 +41,8 @@ SHEET = OUT / "session.png"
 VIEW_SIZE = (400, 400)
 MARGIN_PX = 2
 BOX_DICE_MIN = 0.80
+LASSO_DICE_MIN = 0.85
+LASSO_VERTICES = 12
 PROPAGATED_DICE_MIN = 0.75
 
 
@@ -127,11 +135,12 @@ class Mouse:
 
 
 class Album:
-    """One labelled PNG per step and a contact sheet of them all."""
+    """One labelled PNG per step in ``out`` and a contact sheet of them all (``out/session.png``)."""
 
-    def __init__(self) -> None:
-        OUT.mkdir(parents=True, exist_ok=True)
-        for old in OUT.glob("[0-9][0-9]-*.png"):
+    def __init__(self, out: Path = OUT) -> None:
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("[0-9][0-9]-*.png"):
             old.unlink()
         self.shots: list[tuple[str, np.ndarray]] = []
         self.times: list[float] = [time.perf_counter()]
@@ -153,7 +162,7 @@ class Album:
         grab.ReadFrontBufferOff()
         grab.Update()
         renderer.RemoveViewProp(text)
-        path = OUT / f"{len(self.shots) + 1:02d}-{re.sub(r'[^a-z0-9]+', '-', label.split(':')[0].lower()).strip('-')}.png"
+        path = self.out / f"{len(self.shots) + 1:02d}-{re.sub(r'[^a-z0-9]+', '-', label.split(':')[0].lower()).strip('-')}.png"
         writer = vtk.vtkPNGWriter()
         writer.SetFileName(str(path))
         writer.SetInputData(grab.GetOutput())
@@ -165,7 +174,7 @@ class Album:
         return path
 
     def sheet(self, columns: int = 4) -> Path:
-        """All steps, half size, in a grid (row 0 at the bottom, as VTK images are stored)."""
+        """All steps, half size, in a grid (row 0 at the bottom, as VTK images are stored); returns its path."""
         tiles = [pixels[::2, ::2] for _, pixels in self.shots]
         h, w, _ = tiles[0].shape
         rows = -(-len(tiles) // columns)
@@ -177,10 +186,10 @@ class Album:
         image.SetDimensions(grid.shape[1], grid.shape[0], 1)
         image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(grid.reshape(-1, 3), deep=True))
         writer = vtk.vtkPNGWriter()
-        writer.SetFileName(str(SHEET))
+        writer.SetFileName(str(self.out / SHEET.name))
         writer.SetInputData(image)
         writer.Write()
-        return SHEET
+        return self.out / SHEET.name
 
 
 @pytest.fixture
@@ -197,10 +206,65 @@ def bounding_ras(volume: Any, plane_ijk_low: tuple, plane_ijk_high: tuple) -> tu
     return to_ras(volume, plane_ijk_low), to_ras(volume, plane_ijk_high)
 
 
-def test_full_session_in_slice_views(app, ct_path, liver, worker, capsys):
+def loose_outline(plane: np.ndarray, vertices: int = LASSO_VERTICES, margin: float = 3.0) -> np.ndarray:
+    """``(vertices, 2)`` pixels (x, y) of a closed curve around a structure, as a user draws a lasso: one vertex per
+    angular sector around its centre, ``margin`` pixels beyond its farthest pixel in that sector."""
+    rows, cols = np.nonzero(plane)
+    centre = np.array([cols.mean(), rows.mean()])
+    offsets = np.stack([cols, rows], axis=1) - centre
+    angles = np.arctan2(offsets[:, 1], offsets[:, 0])
+    sector = ((angles + np.pi) / (2 * np.pi) * vertices).astype(int) % vertices
+    radius = np.hypot(*offsets.T)
+    outline = []
+    for n in range(vertices):
+        reach = (radius[sector == n].max() if np.any(sector == n) else 0.0) + margin
+        reach /= np.cos(np.pi / vertices)  # the chord between two vertices stays outside the sector's arc
+        angle = -np.pi + (n + 0.5) * 2 * np.pi / vertices
+        outline.append(centre + reach * np.array([np.cos(angle), np.sin(angle)]))
+    return np.clip(np.array(outline), 0, np.array(plane.shape[::-1]) - 1)
+
+
+def inner_stroke(plane: np.ndarray) -> np.ndarray:
+    """``(3, 2)`` pixels (x, y) along the longest row run of a structure through its centre: a short stroke inside."""
+    y = int(round(np.nonzero(plane)[0].mean()))
+    xs = np.nonzero(plane[y])[0]
+    runs = np.split(xs, np.nonzero(np.diff(xs) > 1)[0] + 1)
+    run = max(runs, key=len)
+    return np.array([(run[0] + f * (run[-1] - run[0]), y) for f in (0.25, 0.5, 0.75)])
+
+
+@dataclass
+class Desk:
+    """The CT in real offscreen slice views, a "liver" segment, a session observing the prompt markups: where each
+    view test starts."""
+
+    volume: Any
+    segmentation: Any
+    segment_id: str
+    views: dict[str, Any]
+    mice: dict[str, Mouse]
+    client: CountingClient
+    session: Session
+    nodes: dict[str, Any]
+    interaction: Any
+    selection: Any
+
+    def segment(self) -> np.ndarray:
+        return SegmentSlices(self.segmentation, self.volume).read_volume(self.segment_id)
+
+    def predicted(self, expected: list[tuple[int, int]]) -> None:
+        """Wait for the predictions and check they were exactly ``expected`` (axis, slice), in order."""
+        self.session.wait()
+        assert self.client.predicts == expected, f"predictions {self.client.predicts}, expected {expected}"
+        self.client.predicts.clear()
+        assert not self.session.errors, self.session.errors
+
+
+def open_desk(app: Any, ct_path: Path, worker: Any, names: tuple[str, ...]) -> Desk:
+    """Load the CT into the views ``names`` (Red axial, Green coronal) and start a session in the first one."""
     from trame_slicer.views import NoScheduleRendering, ViewLayoutDefinition
 
-    started = time.perf_counter()
+    layouts = {"Red": ViewLayoutDefinition.axial_view, "Green": ViewLayoutDefinition.coronal_view}
     volume = app.io_manager.load_volumes(str(ct_path))[0]
     volume.GetDisplayNode().SetAutoWindowLevel(False)
     volume.GetDisplayNode().SetWindowLevel(400, 40)  # soft tissue
@@ -209,10 +273,7 @@ def test_full_session_in_slice_views(app, ct_path, liver, worker, capsys):
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     segment_id = segmentation.GetSegmentation().AddEmptySegment("liver")
     segmentation.GetSegmentation().GetSegment(segment_id).SetColor(0.1, 0.6, 1.0)  # blue, apart from the yellow box
-    views = {}
-    for name, layout in (("Red", ViewLayoutDefinition.axial_view()), ("Green", ViewLayoutDefinition.coronal_view())):
-        view = app.view_manager.create_view(layout)
-        views[name] = view
+    views = {name: app.view_manager.create_view(layouts[name]()) for name in names}
     app.display_manager.show_volume_in_slice_background(volume)
     for view in views.values():
         # render only for the PNGs: software OpenGL would otherwise redraw on every mouse event (~0.2 s each)
@@ -220,25 +281,32 @@ def test_full_session_in_slice_views(app, ct_path, liver, worker, capsys):
         view.render_window().SetSize(*VIEW_SIZE)
         view.update_size(*VIEW_SIZE)
         view.fit_view_to_content()
-    red, green = Mouse(views["Red"]), Mouse(views["Green"])
-    spacing = np.array(volume.GetSpacing())
+    mice = {name: Mouse(view) for name, view in views.items()}
 
     client = CountingClient(worker)
     session = Session(app.scene, client)
-    session.active_slice_node = red.node
+    session.active_slice_node = mice[names[0]].node
     session.set_volume(volume, precompute=False)
     nodes = create_prompt_nodes(app.scene)
     nodes["box"].GetDisplayNode().SetFillOpacity(0.0)  # outline only, so the segment shows in the PNGs
+    nodes["lasso"].GetDisplayNode().SetFillOpacity(0.0)
     session.observe(nodes)
-    for mouse in (red, green):
+    for mouse in mice.values():
         session.placement.watch_keys(mouse.interactor)
     session.set_segment(segmentation, segment_id)
-    interaction = app.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
-    slices = SegmentSlices(segmentation, volume)
-    album = Album()
+    return Desk(volume, segmentation, segment_id, views, mice, client, session, nodes,
+                app.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton"), app.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton"))
 
-    def segment() -> np.ndarray:
-        return slices.read_volume(segment_id)
+
+def test_full_session_in_slice_views(app, ct_path, liver, worker, capsys):
+    started = time.perf_counter()
+    desk = open_desk(app, ct_path, worker, ("Red", "Green"))
+    volume, views, session, nodes = desk.volume, desk.views, desk.session, desk.nodes
+    red, green = desk.mice["Red"], desk.mice["Green"]
+    spacing = np.array(volume.GetSpacing())
+    interaction = desk.interaction
+    album = Album()
+    segment, predicted = desk.segment, desk.predicted
 
     def roi_nodes() -> list[Any]:
         return [app.scene.GetNthNodeByClass(n, "vtkMRMLMarkupsROINode")
@@ -248,12 +316,6 @@ def test_full_session_in_slice_views(app, ct_path, liver, worker, capsys):
         boxes = {p.node_id for p in session.prompts if p.kind == "box"}
         strays = [n.GetName() for n in roi_nodes() if n is not nodes["box"] and n.GetID() not in boxes]
         assert not strays, f"stray ROI nodes: {strays}"
-
-    def predicted(expected: list[tuple[int, int]]) -> None:
-        session.wait()
-        assert client.predicts == expected, f"predictions {client.predicts}, expected {expected}"
-        client.predicts.clear()
-        assert not session.errors, session.errors
 
     def liver_box(mouse: Any, axis: int, index: int, margin: int = MARGIN_PX) -> tuple[np.ndarray, np.ndarray]:
         """Draw a box around the liver on slice ``index`` along ``axis`` in ``mouse``'s view; returns the reference
@@ -394,3 +456,66 @@ def test_full_session_in_slice_views(app, ct_path, liver, worker, capsys):
     assert all(score >= BOX_DICE_MIN for name, score in scores.items() if "box" in name), scores
     assert scores["propagated"] >= PROPAGATED_DICE_MIN, scores
     assert SHEET.is_file() and SHEET.stat().st_size > 50_000
+
+
+def test_lasso_and_scribble_in_the_red_view(app, ct_path, liver, worker, capsys):
+    started = time.perf_counter()
+    desk = open_desk(app, ct_path, worker, ("Red",))
+    volume, session, nodes, red = desk.volume, desk.session, desk.nodes, desk.mice["Red"]
+    spacing = np.array(volume.GetSpacing())
+    album = Album(OUT / "strokes")
+    k = int(np.argmax(liver.sum(axis=(1, 2))))  # the liver's largest axial slice (cached by the session test)
+    k2 = k - 4
+    scores = {}
+
+    def curves() -> list[Any]:
+        return [app.scene.GetNthNodeByClass(n, "vtkMRMLMarkupsCurveNode")  # closed curves are curves too
+                for n in range(app.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsCurveNode"))]
+
+    def draw(role: str, index: int, pixels: np.ndarray) -> None:
+        """The panel's button, then one click per point in Red on slice ``index``, then a right-click."""
+        red.scroll_to(to_ras(volume, (0, 0, index)), spacing[2])
+        start_placing(desk.interaction, desk.selection, nodes[role])
+        for x, y in pixels:
+            red.click(to_display(red.node, to_ras(volume, (x, y, index))))
+        assert not desk.client.predicts, "a curve being drawn is not a prompt yet"
+        red.right_click(to_display(red.node, to_ras(volume, (*pixels[-1], index))))
+        assert desk.interaction.GetCurrentInteractionMode() == desk.interaction.ViewTransform
+
+    try:
+        start = desk.segment()
+        outline = loose_outline(liver[k])
+        draw("lasso", k, outline)
+        desk.predicted([(2, k)])
+        lasso = session.prompts.on_slice(2, k).lasso
+        assert lasso is not None and len(lasso) == LASSO_VERTICES
+        assert np.allclose(lasso, outline, atol=1.0), "the lasso's pixels are not where it was clicked"
+        assert nodes["lasso"].GetNumberOfControlPoints() == 0, "the lasso node is not ready for the next lasso"
+        assert len(curves()) == 3, "the lasso is not a markup of its own"
+        after_lasso = desk.segment()
+        scores["lasso"] = dice(after_lasso[k], liver[k])
+        album.shoot(desk.views["Red"], f"lasso, slice {k}: Dice {scores['lasso']:.3f}")
+
+        stroke = inner_stroke(liver[k2])
+        draw("scribble", k2, stroke)
+        desk.predicted([(2, k2)])
+        assert [p.kind for p in session.prompts] == ["lasso", "scribble"]
+        assert np.allclose(session.prompts.on_slice(2, k2).scribbles[0][0], stroke, atol=1.0)
+        after = desk.segment()
+        scores["scribble"] = dice(after[k2], liver[k2])
+        assert all(after[k2, int(round(y)), int(round(x))] for x, y in stroke), "the scribble is not in the segment"
+        assert np.array_equal(after[k], after_lasso[k]) and after.sum() == after[k].sum() + after[k2].sum()
+        album.shoot(desk.views["Red"], f"+ scribble, slice {k2}: Dice {scores['scribble']:.3f}")
+
+        assert session.undo() and session.undo() and not session.undo()
+        assert np.array_equal(desk.segment(), start), "undo did not restore the segment exactly"
+        assert {n.GetID() for n in curves()} == {nodes["lasso"].GetID(), nodes["scribble"].GetID()}, "a stroke is left"
+        assert all(node.GetNumberOfControlPoints() == 0 for node in curves())
+        album.shoot(desk.views["Red"], "undo x2: back to the start")
+        sheet = album.sheet()
+    finally:
+        session.close()
+    with capsys.disabled():
+        print("\nview strokes: " + ", ".join(f"{name} Dice {score:.3f}" for name, score in scores.items())
+              + f"; {sheet} ({time.perf_counter() - started:.1f} s)")
+    assert scores["lasso"] >= LASSO_DICE_MIN, scores

@@ -113,6 +113,17 @@ class VolumeInfo(BaseModel):
     created: bool = Field(description="False when the server already held this volume (nothing was recomputed)")
 
 
+MAX_STROKE_POINTS = 1024  # vertices of a lasso, points of one scribble
+MAX_SCRIBBLES = 32
+
+
+class Scribble(Strict):
+    """An open polyline in slice pixels; it becomes a few points evenly spaced along it (docs/api.md)."""
+
+    points: list[tuple[float, float]] = Field(max_length=MAX_STROKE_POINTS, description="[[x, y], ...], at least one")
+    label: Literal[0, 1] = Field(1, description="1 foreground, 0 background")
+
+
 class PredictRequest(Strict):
     """Prompts on one slice, in slice pixel coordinates (x = column, y = row; see engine.volume)."""
 
@@ -121,6 +132,13 @@ class PredictRequest(Strict):
     points: list[tuple[float, float]] = Field(default_factory=list, max_length=256)
     labels: list[Literal[0, 1]] = Field(default_factory=list, max_length=256, description="1 foreground, 0 background")
     box: Optional[tuple[float, float, float, float]] = Field(None, description="x0, y0, x1, y1")
+    lasso: Optional[list[tuple[float, float]]] = Field(
+        None, max_length=MAX_STROKE_POINTS,
+        description="closed polygon [[x, y], ...], at least 3 vertices on the slice: its bounding box is the box "
+                    "(not with box) and the masks are kept inside it",
+    )
+    scribbles: list[Scribble] = Field(default_factory=list, max_length=MAX_SCRIBBLES,
+                                      description="open polylines, each adding points along it with its label")
     mask_input: Optional[EncodedArray] = Field(None, description="low-resolution logits (e.g. 256×256) of an earlier decode")
     use_previous_mask: bool = Field(
         False, description="use as mask input the low-res logits of this session's last predict on the same slice"
@@ -147,6 +165,9 @@ class PredictResponse(BaseModel):
     best: int = Field(description="index of the highest-scoring mask")
     box: Optional[tuple[float, float, float, float]] = Field(
         None, description="x0, y0, x1, y1: the box the clicks were resolved to (box-trained models), else null"
+    )
+    lasso_dice: Optional[list[float]] = Field(
+        None, description="with a lasso: each mask's Dice with the lasso's rasterised polygon, else null"
     )
     cached: bool = Field(description="whether the slice embedding was cached before this request")
     timing_ms: dict[str, float]

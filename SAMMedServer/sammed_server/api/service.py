@@ -19,6 +19,7 @@ from anyio import to_thread
 from .. import __version__
 from ..engine.prompts import SlicePrompts
 from ..engine.registry import REGISTRY, default_checkpoint_path
+from ..engine.strokes import Scribble
 from ..engine.volume import AXIS_NAMES, load_volume, volume_from_array
 from ..errors import InputError
 from ..settings import data_roots
@@ -133,7 +134,8 @@ class Service(WorkerState):
                 mask_input = self._previous.get(session_key)
         context = None if request.context_mask is None else codec.decode_array(request.context_mask, "context_mask")
         prompts = SlicePrompts(
-            [tuple(p) for p in request.points], list(request.labels), request.box, mask_input, request.multimask, context
+            [tuple(p) for p in request.points], list(request.labels), request.box, mask_input, request.multimask, context,
+            lasso=request.lasso, scribbles=[Scribble(s.points, s.label) for s in request.scribbles],
         )
         encoder = self.learned_encoders.get(request.prompt_encoder, predictor)
         cached = predictor.is_cached(prepared, axis, index)
@@ -149,6 +151,7 @@ class Service(WorkerState):
         return PredictResponse(
             volume_id=volume_id, axis=axis, index=index, model=predictor.backend.model_id, masks=masks,
             scores=[float(s) for s in prediction.scores], best=best, box=prediction.box, cached=cached,
+            lasso_dice=None if prediction.lasso_dice is None else [float(d) for d in prediction.lasso_dice],
             timing_ms={
                 "predict": 1000 * (predicted - started),
                 "encode_mask": 1000 * (time.perf_counter() - predicted),
