@@ -120,7 +120,8 @@ def _http_round_trips(volume: Volume, boxes: list, runtimes: list[str], model_id
             server = stack.enter_context(ServerProcess(["--model", model_id, "--device", "cpu", "--runtime", name],
                                                        env={"SAMMED_CACHE_DIR": cache}))
             address = urllib.parse.urlsplit(server.url)
-            volume_id = _post(address, API_PREFIX + "/volumes", compressed, {VOLUME_HEADER: geometry})["id"]
+            volume_id = _post(address, API_PREFIX + "/volumes", compressed,
+                              {VOLUME_HEADER: geometry, "Content-Type": "application/octet-stream"})["id"]
             workers[name] = (server, address, f"{API_PREFIX}/volumes/{volume_id}/predict")
         headers = {"Content-Type": "application/json"}
         for i in range(-1, n):  # request -1 warms each worker up (model load, runtime sessions)

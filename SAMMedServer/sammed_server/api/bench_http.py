@@ -51,7 +51,8 @@ def http_roundtrip_bench(
         started = time.perf_counter()
         compressed = zlib.compress(raw.data, 1)
         geometry = {"shape": list(raw.shape), "dtype": raw.dtype.name, "spacing": list(volume.spacing)}
-        volume_id = post("/volumes", compressed, {VOLUME_HEADER: json.dumps(geometry)})["id"]
+        volume_id = post("/volumes", compressed,
+                         {VOLUME_HEADER: json.dumps(geometry), "Content-Type": "application/octet-stream"})["id"]
         upload_s = time.perf_counter() - started
 
         predictor = SlicePredictor(load_backend(model, device=device), EmbeddingCache(Path(cache), 2**30))
