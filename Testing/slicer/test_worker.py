@@ -127,7 +127,9 @@ def test_slow_start_never_stalls_and_a_dead_worker_is_reported_once(fake_worker)
     worker.shutdown()
 
 
-def test_remote_worker_that_stops_answering_is_reported_once(fake_worker):
+@pytest.fixture
+def dead_remote_worker(fake_worker):
+    """(record, worker): a Worker connected to a FAKE remote worker that was then killed."""
     port = free_port()
     fake = subprocess.Popen(fake_command(fake_worker, port, 0), stdout=subprocess.DEVNULL)
     try:
@@ -141,45 +143,36 @@ def test_remote_worker_that_stops_answering_is_reported_once(fake_worker):
         record.errors.clear()
         fake.kill()
         fake.wait()
-        fetches = []
-
-        def status():
-            fetches.append(1)
-            return worker.client.health()
-
-        record.poll_until(worker, lambda: False, 3.0, extra=lambda: record.timed(worker.monitor, status, lambda _: None))
-        print(f"\ndead remote worker: {len(fetches)} status request(s), errors {record.errors}, "
-              f"longest main-thread call {1000 * record.longest:.1f} ms")
-        assert worker.state == "lost" and len(record.errors) == 1 and "does not answer" in record.errors[0]
-        assert len(fetches) == 1, "a lost worker is not asked again every 500 ms"
-        assert record.longest < STALL_LIMIT_S
+        yield record, worker
     finally:
         fake.kill()
 
 
-def test_a_prediction_that_finds_the_worker_dead_is_the_one_report(fake_worker):
+def test_remote_worker_that_stops_answering_is_reported_once(dead_remote_worker):
+    record, worker = dead_remote_worker
+    fetches = []
+
+    def status():
+        fetches.append(1)
+        return worker.client.health()
+
+    record.poll_until(worker, lambda: False, 3.0, extra=lambda: record.timed(worker.monitor, status, lambda _: None))
+    print(f"\ndead remote worker: {len(fetches)} status request(s), errors {record.errors}, "
+          f"longest main-thread call {1000 * record.longest:.1f} ms")
+    assert worker.state == "lost" and len(record.errors) == 1 and "does not answer" in record.errors[0]
+    assert len(fetches) == 1, "a lost worker is not asked again every 500 ms"
+    assert record.longest < STALL_LIMIT_S
+
+
+def test_a_prediction_that_finds_the_worker_dead_is_the_one_report(dead_remote_worker):
     """The session passes unreachable predictions to ``Worker.report_lost``: a click and the status timer noticing
     the same death give one message, not one each."""
-    port = free_port()
-    fake = subprocess.Popen(fake_command(fake_worker, port, 0), stdout=subprocess.DEVNULL)
-    try:
-        record = Recorder()
-        worker = record.worker()
-        deadline = time.monotonic() + 20
-        while worker.state != "connected" and time.monotonic() < deadline:
-            record.timed(worker.connect, f"http://127.0.0.1:{port}")
-            record.poll_until(worker, lambda: worker.state not in ("connecting",), 5)
-        assert worker.state == "connected"
-        record.errors.clear()
-        fake.kill()
-        fake.wait()
-        worker.report_lost("connection refused")  # a box's prediction failed
-        worker.report_lost("connection refused")  # and a "+" click's
-        assert not record.timed(worker.monitor, worker.client.health, lambda _: None), "a lost worker is polled"
-        record.poll_until(worker, lambda: False, 1.0)
-        assert worker.state == "lost" and record.errors == ["the worker does not answer: connection refused"]
-    finally:
-        fake.kill()
+    record, worker = dead_remote_worker
+    worker.report_lost("connection refused")  # a box's prediction failed
+    worker.report_lost("connection refused")  # and a "+" click's
+    assert not record.timed(worker.monitor, worker.client.health, lambda _: None), "a lost worker is polled"
+    record.poll_until(worker, lambda: False, 1.0)
+    assert worker.state == "lost" and record.errors == ["the worker does not answer: connection refused"]
 
 
 def test_connect_to_a_worker_that_never_answers_does_not_stall():
