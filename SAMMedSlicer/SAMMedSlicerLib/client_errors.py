@@ -76,3 +76,7 @@ def error_class(status: int) -> type:
     if status >= 500:
         return ServerError
     return InvalidRequestError
+
+
+# The errors that mean "no worker answers there" (as opposed to a worker that answered with an error).
+UNREACHABLE = (ConnectionFailedError, RequestTimeoutError)

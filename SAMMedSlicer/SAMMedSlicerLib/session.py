@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union
 import numpy as np
 
 from . import prompts as P
-from .client import ConnectionFailedError, RequestTimeoutError
+from .client_errors import UNREACHABLE
 from .placement import PromptPlacement, create_prompt_nodes, defined_points, roi_corners
 from .predictions import PredictionQueue
 from .segments import EditSettings, SegmentSlices, SliceEdit
@@ -30,7 +30,6 @@ from .workflows import AppliedResult
 __all__ = ["Session", "Progress", "create_prompt_nodes", "slice_of_view"]
 
 PLANE_TOLERANCE_MM = 1e-2
-WORKER_DOWN = (ConnectionFailedError, RequestTimeoutError)
 
 
 @dataclass
@@ -113,7 +112,8 @@ class Session(SessionWorkflows):
     centre that it is thinnest across; a lasso's or scribble's is the view plane it was drawn in.
     Errors are kept in ``errors`` and passed to ``on_error``. A prediction that finds the worker unreachable goes to
     ``on_worker_lost`` (the panel passes :meth:`.worker.Worker.report_lost`, so one death is one message however it
-    is noticed); without it, it is reported here once until the worker answers again. Hints for the user (e.g. "draw a box first") go to ``notices`` / ``on_notice``.
+    is noticed); without it, it is reported here once until the worker answers again. Hints for the user (e.g.
+    "draw a box first") go to ``notices`` / ``on_notice``.
     """
 
     def __init__(
@@ -476,7 +476,7 @@ class Session(SessionWorkflows):
 
     def _worker_failed(self, error: BaseException) -> None:
         """Report a failed prediction; an unreachable worker only once until it answers again."""
-        if isinstance(error, WORKER_DOWN):
+        if isinstance(error, UNREACHABLE):
             if self.on_worker_lost is not None:
                 self.on_worker_lost(str(error))
                 return

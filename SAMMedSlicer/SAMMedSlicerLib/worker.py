@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 from .background import BackgroundCalls
-from .client import ConnectionFailedError, Health, RequestTimeoutError, SAMMedClient, SAMMedClientError
+from .client import Health, SAMMedClient, SAMMedClientError
+from .client_errors import UNREACHABLE
 from .server_process import ServerProcess, WorkerError, serve_command
 from .worker_install import foreign_python_environment, hidden_console_flags, slicer_python
 
 SOURCES = ("slicer", "python", "remote")
-UNREACHABLE = (ConnectionFailedError, RequestTimeoutError)
 
 
 @dataclass(frozen=True)
